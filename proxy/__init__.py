@@ -1,0 +1,1 @@
+"""creditgate: a thin streaming billing gateway in front of LiteLLM. Importing does nothing."""
