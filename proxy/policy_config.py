@@ -1,0 +1,186 @@
+"""The policy file (CREDITGATE_POLICY_CONFIG): power levels, tiers, credits per USD, hold timing.
+
+`load_policy(path)` returns a frozen `PolicyConfig` or raises `ConfigError` with one line per
+mistake. Every number that may be fractional is a `Decimal` built from its YAML text
+(`decimal_yaml_load`), never through a binary float: `0.1` is exactly one tenth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from proxy.settings import ConfigError
+
+
+class _DecimalLoader(yaml.SafeLoader):
+    """A SafeLoader whose floats are `Decimal(text)`: prices and multipliers stay exact."""
+
+
+def _construct_decimal(loader: yaml.SafeLoader, node: yaml.Node) -> Decimal:
+    text = str(loader.construct_scalar(node)).replace("_", "")  # type: ignore[arg-type]
+    lowered = text.lower()
+    if lowered in (".inf", "+.inf", "-.inf", ".nan"):
+        return Decimal("NaN")  # rejected by `as_decimal`: no infinite prices
+    return Decimal(text)
+
+
+_DecimalLoader.add_constructor("tag:yaml.org,2002:float", _construct_decimal)
+
+
+def decimal_yaml_load(text: str) -> Any:
+    """Parse YAML with floats as exact `Decimal`s (ints stay ints)."""
+    return yaml.load(text, Loader=_DecimalLoader)  # a SafeLoader subclass: no arbitrary objects
+
+
+def as_decimal(value: object) -> Decimal | None:
+    """An exact finite Decimal from an int, a Decimal or numeric text (`"1e-7"`), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, Decimal):
+        return value if value.is_finite() else None
+    if isinstance(value, str):
+        try:
+            parsed = Decimal(value.strip())
+        except InvalidOperation:
+            return None
+        return parsed if parsed.is_finite() else None
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class PowerLevel:
+    name: str
+    multiplier: Decimal
+    max_tokens: int
+    models: tuple[str, ...]  # in order: the first one the tier allows serves `auto`
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    name: str
+    markup: Decimal
+    models: tuple[str, ...]  # names, or "*" for every model
+
+    def allows(self, model: str) -> bool:
+        return "*" in self.models or model in self.models
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    credits_per_usd: Decimal
+    hold_ttl_seconds: int
+    sweep_interval_seconds: Decimal
+    default_power_level: str
+    power_levels: tuple[PowerLevel, ...]
+    tiers: tuple[Tier, ...]
+
+    def level(self, name: str) -> PowerLevel | None:
+        return next((lv for lv in self.power_levels if lv.name == name), None)
+
+    def tier(self, name: str) -> Tier | None:
+        return next((t for t in self.tiers if t.name == name), None)
+
+    def multiplier_for(self, level: PowerLevel, model: str) -> Decimal:
+        """The level's multiplier when it lists `model`; else the highest multiplier among the levels
+        that list it (asking for an expensive model at the eco price is no discount); else 1."""
+        if model in level.models:
+            return level.multiplier
+        listing = [lv.multiplier for lv in self.power_levels if model in lv.models]
+        return max(listing) if listing else Decimal(1)
+
+    def models(self) -> set[str]:
+        """Every model name the file mentions (for checking against the LiteLLM catalogue)."""
+        names = {m for lv in self.power_levels for m in lv.models}
+        return names | {m for t in self.tiers for m in t.models if m != "*"}
+
+
+def load_policy(path: Path) -> PolicyConfig:
+    """Read and validate the policy file; `ConfigError` names the file and each mistake."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"CREDITGATE_POLICY_CONFIG: cannot read {str(path)!r}: {exc.strerror}") from None
+    return parse_policy(text, source=str(path))
+
+
+def parse_policy(text: str, *, source: str = "policy file") -> PolicyConfig:
+    try:
+        raw = decimal_yaml_load(text)
+    except (yaml.YAMLError, InvalidOperation) as exc:
+        raise ConfigError(f"{source}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    problems: list[str] = []
+    config = _build(raw if isinstance(raw, Mapping) else {}, problems)
+    if not isinstance(raw, Mapping):
+        problems.insert(0, "the file must be a YAML mapping")
+    if problems or config is None:
+        raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
+    return config
+
+
+def _number(raw: Mapping[str, Any], key: str, where: str, problems: list[str], *, minimum: Decimal) -> Decimal:
+    value = as_decimal(raw.get(key))
+    if value is None:
+        problems.append(f"{where}{key} must be a number, got {raw.get(key)!r}")
+        return Decimal(0)
+    if value < minimum:
+        problems.append(f"{where}{key} must be at least {minimum}, got {value}")
+    return value
+
+
+def _names(raw: Mapping[str, Any], where: str, problems: list[str]) -> tuple[str, ...]:
+    models = raw.get("models")
+    if not isinstance(models, list) or not models or not all(isinstance(m, str) and m for m in models):
+        problems.append(f"{where}models must be a non-empty list of model names")
+        return ()
+    return tuple(models)
+
+
+def _build(raw: Mapping[str, Any], problems: list[str]) -> PolicyConfig | None:
+    credits_per_usd = _number(raw, "credits_per_usd", "", problems, minimum=Decimal("0.000001"))
+    ttl = raw.get("hold_ttl_seconds", 120)
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 3:
+        problems.append(f"hold_ttl_seconds must be an integer of at least 3, got {ttl!r}")
+        ttl = 120
+    sweep = _number({"s": raw.get("sweep_interval_seconds", 1)}, "s", "", problems, minimum=Decimal("0.01"))
+    levels: list[PowerLevel] = []
+    raw_levels = raw.get("power_levels")
+    if not isinstance(raw_levels, Mapping) or not raw_levels:
+        problems.append("power_levels must be a non-empty mapping of level name to settings")
+        raw_levels = {}
+    for name, spec in raw_levels.items():
+        where = f"power_levels.{name}."
+        if not isinstance(spec, Mapping):
+            problems.append(f"power_levels.{name} must be a mapping")
+            continue
+        multiplier = _number(spec, "multiplier", where, problems, minimum=Decimal(0))
+        cap = spec.get("max_tokens")
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+            problems.append(f"{where}max_tokens must be a positive integer, got {cap!r}")
+            cap = 1
+        levels.append(PowerLevel(str(name), multiplier, cap, _names(spec, where, problems)))
+    tiers: list[Tier] = []
+    raw_tiers = raw.get("tiers")
+    if not isinstance(raw_tiers, Mapping) or not raw_tiers:
+        problems.append("tiers must be a non-empty mapping of tier name to settings")
+        raw_tiers = {}
+    for name, spec in raw_tiers.items():
+        where = f"tiers.{name}."
+        if not isinstance(spec, Mapping):
+            problems.append(f"tiers.{name} must be a mapping")
+            continue
+        markup = _number(spec, "markup", where, problems, minimum=Decimal(0))
+        tiers.append(Tier(str(name), markup, _names(spec, where, problems)))
+    default = raw.get("default_power_level")
+    if not any(lv.name == default for lv in levels):
+        problems.append(f"default_power_level must name one of power_levels, got {default!r}")
+    if problems:
+        return None
+    return PolicyConfig(credits_per_usd, ttl, sweep, str(default), tuple(levels), tuple(tiers))

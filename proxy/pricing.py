@@ -1,0 +1,252 @@
+"""Models, deployments and prices from the LiteLLM config, and the charge formula.
+
+`load_catalogue(path)` reads `model_list`: per model name its deployments (`model_info.id`, the
+provider = prefix of `litellm_params.model`, prices in USD from `litellm_params` else `model_info`,
+`model_info.byok`, `max_output_tokens`, `mode`). A name is held at the highest price among its
+deployments and settled at the price of the deployment that answered (an unknown one: the highest).
+
+Money is exact: prices are Decimals from their YAML text, the arithmetic runs on `Fraction`s and the
+only rounding is the final `ceil` to whole millicredits (CONTRACT.md, Money).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from proxy.policy_config import as_decimal, decimal_yaml_load
+from proxy.settings import ConfigError
+
+BYOK_MODES = ("none", "optional", "required")
+_PRICE_FIELDS = ("input_cost_per_token", "output_cost_per_token", "output_cost_per_image")
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per token (input, output) and per image; None = not priced."""
+
+    input: Decimal | None = None
+    output: Decimal | None = None
+    image: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    id: str
+    model_name: str
+    provider: str
+    price: Price
+    byok: str  # "none" | "optional" | "required"
+    max_output_tokens: int | None
+    mode: str  # "chat" | "completion" | "embedding" | "image_generation" | ...
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """One LiteLLM model name and the deployments that serve it."""
+
+    name: str
+    deployments: tuple[Deployment, ...]
+
+    @property
+    def mode(self) -> str:
+        return self.deployments[0].mode
+
+    @property
+    def provider(self) -> str:
+        return self.deployments[0].provider
+
+    @property
+    def single_provider(self) -> bool:
+        return len({d.provider for d in self.deployments}) == 1
+
+    @property
+    def byok_allowed(self) -> bool:
+        """Every deployment takes a member's key: otherwise LiteLLM could route the key elsewhere."""
+        return self.single_provider and all(d.byok in ("optional", "required") for d in self.deployments)
+
+    @property
+    def byok_required(self) -> bool:
+        return any(d.byok == "required" for d in self.deployments)
+
+    @property
+    def max_output_tokens(self) -> int | None:
+        caps = [d.max_output_tokens for d in self.deployments if d.max_output_tokens is not None]
+        return min(caps) if caps else None
+
+    @property
+    def highest(self) -> Price:
+        """Component-wise highest price: an upper bound whichever deployment answers."""
+
+        def top(values: list[Decimal | None]) -> Decimal | None:
+            return None if any(v is None for v in values) else max(v for v in values if v is not None)
+
+        ds = self.deployments
+        return Price(
+            top([d.price.input for d in ds]), top([d.price.output for d in ds]), top([d.price.image for d in ds])
+        )
+
+    def price_for(self, deployment_id: str | None) -> Price:
+        """The answering deployment's price; unknown or missing -> the highest."""
+        for d in self.deployments:
+            if d.id == deployment_id:
+                return d.price
+        return self.highest
+
+    def deployment(self, deployment_id: str | None) -> Deployment | None:
+        return next((d for d in self.deployments if d.id == deployment_id), None)
+
+    def priced(self) -> bool:
+        """True when a charge for this model's mode can be bounded from every deployment's price."""
+        price = self.highest
+        if self.mode == "embedding":
+            return price.input is not None
+        if self.mode == "image_generation":
+            return price.image is not None
+        return price.input is not None and price.output is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Catalogue:
+    models: Mapping[str, Model]
+
+    def get(self, name: str) -> Model | None:
+        return self.models.get(name)
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """Millicredits per unit (exact): what the ledger needs to settle a dead replica's hold."""
+
+    input: Decimal
+    output: Decimal
+    image: Decimal
+
+
+def millicredit_rates(price: Price, credits_per_usd: Decimal, factor: Decimal = Decimal(1)) -> Rates:
+    """Per-token (and per-image) rates in millicredits, times `factor` ((1 + markup) * multiplier)."""
+    return Rates(
+        _rate(price.input, credits_per_usd, factor),
+        _rate(price.output, credits_per_usd, factor),
+        _rate(price.image, credits_per_usd, factor),
+    )
+
+
+def _rate(usd: Decimal | None, credits_per_usd: Decimal, factor: Decimal) -> Decimal:
+    return _fraction_to_decimal(Fraction(usd or 0) * Fraction(credits_per_usd) * 1000 * Fraction(factor))
+
+
+def _fraction_to_decimal(value: Fraction) -> Decimal:
+    """A Fraction whose denominator is 2^a * 5^b as the exact Decimal."""
+    num, den = value.numerator, value.denominator
+    scale = 0
+    while den % 10 == 0:
+        den //= 10
+        scale += 1
+    while den % 2 == 0:
+        den //= 2
+        num *= 5
+        scale += 1
+    while den % 5 == 0:
+        den //= 5
+        num *= 2
+        scale += 1
+    if den != 1:
+        raise ValueError("not a finite decimal")
+    return Decimal(num).scaleb(-scale)
+
+
+def usd_cost(price: Price, prompt_tokens: int, completion_tokens: int, images: int = 0) -> Fraction:
+    """`prompt * input + completion * output (+ images * per_image)`, exactly; a missing price is 0."""
+    return (
+        prompt_tokens * Fraction(price.input or 0)
+        + completion_tokens * Fraction(price.output or 0)
+        + images * Fraction(price.image or 0)
+    )
+
+
+def charge(usd: Fraction, credits_per_usd: Decimal, markup: Decimal, multiplier: Decimal) -> int:
+    """`ceil(usd * credits_per_usd * 1000 * (1 + markup) * multiplier)` in millicredits, exactly."""
+    return math.ceil(usd * Fraction(credits_per_usd) * 1000 * (1 + Fraction(markup)) * Fraction(multiplier))
+
+
+def list_price(usd: Fraction, credits_per_usd: Decimal) -> int:
+    """`ceil(usd * credits_per_usd * 1000)`: no markup, no multiplier (what BYOK would have cost)."""
+    return math.ceil(usd * Fraction(credits_per_usd) * 1000)
+
+
+def load_catalogue(path: Path) -> Catalogue:
+    """Read the LiteLLM config's `model_list`; `ConfigError` names the file and each mistake."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"CREDITGATE_LITELLM_CONFIG: cannot read {str(path)!r}: {exc.strerror}") from None
+    return parse_catalogue(text, source=str(path))
+
+
+def parse_catalogue(text: str, *, source: str = "LiteLLM config") -> Catalogue:
+    try:
+        raw = decimal_yaml_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    entries = raw.get("model_list") if isinstance(raw, Mapping) else None
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{source}: model_list must be a non-empty list")
+    problems: list[str] = []
+    grouped: dict[str, list[Deployment]] = {}
+    for index, entry in enumerate(entries):
+        deployment = _deployment(entry, f"model_list[{index}]", problems)
+        if deployment is not None:
+            grouped.setdefault(deployment.model_name, []).append(deployment)
+    ids = [d.id for ds in grouped.values() for d in ds]
+    for dup in sorted({i for i in ids if ids.count(i) > 1}):
+        problems.append(f"model_info.id {dup!r} is used by more than one deployment")
+    if problems:
+        raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
+    return Catalogue({name: Model(name, tuple(ds)) for name, ds in grouped.items()})
+
+
+def _deployment(entry: Any, where: str, problems: list[str]) -> Deployment | None:
+    if not isinstance(entry, Mapping):
+        problems.append(f"{where} must be a mapping")
+        return None
+    name = entry.get("model_name")
+    params = entry.get("litellm_params") or {}
+    info = entry.get("model_info") or {}
+    if not isinstance(name, str) or not name or not isinstance(params, Mapping) or not isinstance(info, Mapping):
+        problems.append(f"{where} needs model_name, litellm_params and (optional) model_info mappings")
+        return None
+    target = params.get("model")
+    if not isinstance(target, str) or not target:
+        problems.append(f"{where} ({name}): litellm_params.model is required")
+        return None
+    prices: dict[str, Decimal | None] = {}
+    for key in _PRICE_FIELDS:
+        raw = params.get(key, info.get(key))
+        value = None if raw is None else as_decimal(raw)
+        if raw is not None and (value is None or value < 0):
+            problems.append(f"{where} ({name}): {key} must be a non-negative number, got {raw!r}")
+        prices[key] = value
+    byok = str(info.get("byok", "none"))
+    if byok not in BYOK_MODES:
+        problems.append(f"{where} ({name}): model_info.byok must be one of {', '.join(BYOK_MODES)}, got {byok!r}")
+    cap = info.get("max_output_tokens", params.get("max_output_tokens"))
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        problems.append(f"{where} ({name}): max_output_tokens must be a positive integer, got {cap!r}")
+        cap = None
+    return Deployment(
+        id=str(info.get("id") or f"{name}#{where}"),
+        model_name=name,
+        provider=target.split("/", 1)[0] if "/" in target else "openai",
+        price=Price(prices["input_cost_per_token"], prices["output_cost_per_token"], prices["output_cost_per_image"]),
+        byok=byok,
+        max_output_tokens=cap,
+        mode=str(info.get("mode", "chat")),
+    )

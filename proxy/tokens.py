@@ -1,0 +1,130 @@
+"""Offline token counting (o200k_base from the bpe-openai wheel; tiktoken would download its files).
+
+`TokenCounter.prompt_tokens(route, body)` counts what a request sends as prompt: chat messages
+(text and content parts), tool and function definitions, response formats, `prompt` and `input`
+(strings or token arrays). `prompt_bound()` turns that count into an upper bound for the hold.
+
+The safety margin: models behind LiteLLM use other tokenizers (Claude, Llama, Qwen). Across the
+common ones, the same English or code text takes at most about 1.3x the o200k_base count; we hold
+for 1.5x plus a fixed 64 tokens, and count every image part as `IMAGE_PART_TOKENS`, above what the
+OpenAI and Anthropic vision pricing rules charge for one image (research/tokenizers.md).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from fractions import Fraction
+from typing import Any
+
+import orjson
+
+MESSAGE_OVERHEAD = 4  # role and separators per chat message (OpenAI's own accounting uses 3-4)
+REPLY_PRIMING = 3  # tokens that start the assistant's reply
+IMAGE_PART_TOKENS = 3000  # gpt-4.1-mini patches cap near 2,500; Claude ~1,600; Gemini 258
+BOUND_FACTOR = Fraction(3, 2)
+BOUND_SLACK = 64
+_PROMPT_EXTRAS = ("tools", "functions", "tool_choice", "response_format", "prediction")
+
+
+class TokenCounter:
+    """Counts tokens with o200k_base; the encoding loads on first use, not at import."""
+
+    __slots__ = ("_encode",)
+
+    def __init__(self, encode: Callable[[str], list[int]] | None = None) -> None:
+        self._encode = encode
+
+    def count(self, text: str) -> int:
+        """Tokens in `text` (special-token text such as `<|endoftext|>` is counted as ordinary text)."""
+        if not text:
+            return 0
+        if self._encode is None:
+            import bpe_openai
+
+            self._encode = bpe_openai.get_encoding("o200k_base").encode_ordinary
+        return len(self._encode(text))
+
+    def prompt_tokens(self, route: str, body: dict[str, Any]) -> int:
+        """The prompt of a request as o200k_base counts it (the estimate recorded when no usage arrives)."""
+        if route == "chat/completions":
+            total = self._messages(body.get("messages"))
+        elif route == "completions":
+            total = sum(self._prompt_item(p) for p in _as_list(body.get("prompt")))
+        elif route == "embeddings":
+            total = sum(self._prompt_item(p) for p in _as_list(body.get("input")))
+        elif route == "images/generations":
+            total = self._text(body.get("prompt"))
+        else:
+            total = self.count(_json(body))
+        extras = [body[k] for k in _PROMPT_EXTRAS if k in body]
+        return total + (self.count(_json(extras)) if extras else 0)
+
+    def prompt_bound(self, route: str, body: dict[str, Any]) -> int:
+        """An upper bound of the prompt tokens any supported model is billed for (see module doc)."""
+        return bound(self.prompt_tokens(route, body))
+
+    def _messages(self, messages: Any) -> int:
+        if not isinstance(messages, list):
+            return self.count(_json(messages)) if messages is not None else 0
+        total = REPLY_PRIMING
+        for message in messages:
+            total += MESSAGE_OVERHEAD
+            if not isinstance(message, dict):
+                total += self.count(_json(message))
+                continue
+            for key, value in message.items():
+                total += self._content(value) if key == "content" else self._text(value)
+        return total
+
+    def _content(self, content: Any) -> int:
+        if not isinstance(content, list):
+            return self._text(content)
+        total = 0
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text":
+                total += self._text(part.get("text"))
+            elif kind in ("image_url", "image", "input_image"):
+                total += IMAGE_PART_TOKENS
+            else:  # audio, files, unknown parts: the serialized part bounds what it can cost
+                total += self.count(_json(part))
+        return total
+
+    def _prompt_item(self, item: Any) -> int:
+        if isinstance(item, int) and not isinstance(item, bool):
+            return 1  # a token id
+        if isinstance(item, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in item):
+            return len(item)  # a token array
+        return self._text(item)
+
+    def _text(self, value: Any) -> int:
+        if value is None:
+            return 0
+        return self.count(value if isinstance(value, str) else _json(value))
+
+
+def bound(counted: int) -> int:
+    """`ceil(counted * 1.5) + 64`: the hold's prompt bound for a counted prompt."""
+    return math.ceil(counted * BOUND_FACTOR) + BOUND_SLACK
+
+
+def prompt_count(route: str, body: dict[str, Any]) -> int:
+    """How many prompts a request carries (a list `prompt` on /completions runs each one)."""
+    if route == "completions":
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and prompt and not all(isinstance(t, int) for t in prompt):
+            return len(prompt)
+    return 1
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, list) and value and all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+        return [value]  # one token array
+    return value if isinstance(value, list) else [value]
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
