@@ -1,0 +1,108 @@
+"""The caller's own endpoints: credits, history, usage, one request's record, the disabled purchase.
+
+`caller_routes(...)` is the one factory the app mounts: these routes plus the models routes
+(proxy/models_api.py) and the BYOK key routes (proxy/byok_api.py), each under `/v1` and
+`/api/v1/llm`. Every route first runs `identify` (Authenticate + ResolveOrg, supplied by the app),
+so it acts for the API key's user in the active org; errors are `ProxyError`s the app renders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute
+
+from proxy.byok_api import ByokDirectory, Probe, byok_routes
+from proxy.caller_common import Identify, both, json_response, membership, query_choice, query_limit, query_time
+from proxy.errors import ProxyError
+from proxy.models_api import ModelEntry, TierAllows, model_routes
+from proxy.stores import LedgerAdmin
+
+USAGE_GROUPS = ("model", "day")
+MAX_REQUEST_ID = 64
+# GET /v1/requests/{id} shows exactly these (CONTRACT.md); the ledger's row also carries user_id
+REQUEST_FIELDS = (
+    "request_id",
+    "status",
+    "model",
+    "prompt_tokens",
+    "completion_tokens",
+    "held_millicredits",
+    "charged_millicredits",
+    "list_price_millicredits",
+    "usage_source",
+    "byok",
+)
+
+
+def caller_routes(
+    *,
+    identify: Identify,
+    ledger: LedgerAdmin,
+    directory: ByokDirectory,
+    models: tuple[ModelEntry, ...],
+    tier_allows: TierAllows,
+    encrypt: Callable[[str], bytes],
+    decrypt: Callable[[bytes], str],
+    probe: Probe,
+    created: int,
+) -> list[BaseRoute]:
+    """All caller routes. `models` is the catalogue in config order, `tier_allows(tier, model)` the
+    policy file's tier rule, `encrypt`/`decrypt` the BYOK MultiFernet, `probe(model, key)` the one-token test
+    call to LiteLLM, `created` the `created` stamp of model objects (when the model list was loaded)."""
+    return [
+        *credit_routes(identify=identify, ledger=ledger),
+        *model_routes(identify=identify, directory=directory, models=models, tier_allows=tier_allows,
+                      created=created),
+        *byok_routes(identify=identify, ledger=ledger, directory=directory, models=models, encrypt=encrypt,
+                     decrypt=decrypt, probe=probe),
+    ]
+
+
+def credit_routes(*, identify: Identify, ledger: LedgerAdmin) -> list[BaseRoute]:
+    """GET /credits, /credits/history, /usage, /requests/{id}; POST /credits/purchase (410)."""
+
+    async def credits(request: Request) -> Response:
+        member = membership(await identify(request))
+        return json_response(await ledger.credits(member.org_id, member.user_id))
+
+    async def history(request: Request) -> Response:
+        member = membership(await identify(request))
+        limit, after = query_limit(request.query_params)
+        rows, has_more = await ledger.entries(member.org_id, user_id=member.user_id, limit=limit, after=after)
+        return json_response({"data": list(rows), "has_more": has_more})
+
+    async def usage(request: Request) -> Response:
+        member = membership(await identify(request))
+        params = request.query_params
+        group_by = query_choice(params, "group_by", USAGE_GROUPS, "model")
+        start, end = query_time(params, "start"), query_time(params, "end")
+        if start is not None and end is not None and start > end:
+            raise ProxyError.invalid_value("start", "'start' must not be after 'end'.")
+        rows = await ledger.usage(member.org_id, group_by=group_by, user_id=member.user_id, start=start, end=end)
+        return json_response({"data": list(rows), "has_more": False})
+
+    async def one_request(request: Request) -> Response:
+        member = membership(await identify(request))
+        request_id: str = request.path_params["request_id"]
+        row = None
+        if 0 < len(request_id) <= MAX_REQUEST_ID:
+            row = await ledger.request(member.org_id, request_id)
+        # members see their own requests, org admins their org's; anything else looks absent
+        if row is None or (row.get("user_id") != member.user_id and member.role != "admin"):
+            raise ProxyError.not_found("request_not_found", f"No request '{request_id[:MAX_REQUEST_ID]}' found.")
+        return json_response({name: row.get(name) for name in REQUEST_FIELDS})
+
+    async def purchase(request: Request) -> Response:
+        await identify(request)
+        raise ProxyError.purchases_disabled()
+
+    return [
+        *both("/credits", credits, ["GET"]),
+        *both("/credits/history", history, ["GET"]),
+        *both("/credits/purchase", purchase, ["POST"]),
+        *both("/usage", usage, ["GET"]),
+        *both("/requests/{request_id}", one_request, ["GET"]),
+    ]
