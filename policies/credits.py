@@ -1,0 +1,246 @@
+"""ReserveCredits: hold an upper bound of the charge before forwarding; settle or void exactly once.
+
+The hold bounds every part of the charge: the prompt (tokens.py's bound), `max_tokens` /
+`max_completion_tokens` as RewriteModel clamped them, times `n` / `best_of` and the number of
+prompts, at the HIGHEST price among the model's deployments, with markup and multiplier. Embeddings
+are held by prompt, images by `n` times the per-image price. BYOK holds 0 (still reserved: the
+request id is tracked and the list price recorded). An unpriced model is 403 unless BYOK.
+
+Settlement runs once, from `ctx.cleanup` or earlier through `ctx.settle_now`, shielded from
+cancellation: usage from LiteLLM -> `provider`, at the price of the deployment that answered; no
+usage but output seen -> `estimate` (counted prompt plus counted output); nothing served -> void.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from decimal import Decimal
+from fractions import Fraction
+
+from policies.model import OUTPUT_CAPS
+from proxy import pricing
+from proxy.context import ESTIMATE, PROVIDER, Hold, HoldRequest, Ledger, RequestContext, Settlement, SettleResult
+from proxy.errors import ProxyError
+from proxy.policy_config import PolicyConfig
+from proxy.pricing import Catalogue, Model
+from proxy.tokens import TokenCounter, bound, prompt_count
+
+log = logging.getLogger("creditgate.credits")
+
+Record = Callable[[str, Settlement | None], None]
+"""Metrics hook: outcome ("posted" | "late_posted" | "already_settled" | "voided" | "failed") and
+the settlement (None for a void or a failure)."""
+
+IMAGES = "images/generations"
+
+
+class ReserveCredits:
+    def __init__(
+        self,
+        ledger: Ledger,
+        policy: PolicyConfig,
+        catalogue: Catalogue,
+        counter: TokenCounter,
+        *,
+        record: Record | None = None,
+        retry_seconds: float = 15.0,
+        checkpoint_seconds: float | None = None,
+    ) -> None:
+        self._ledger = ledger
+        self._policy = policy
+        self._catalogue = catalogue
+        self._counter = counter
+        self._record = record or (lambda outcome, settlement: None)
+        self._retry_seconds = retry_seconds
+        self._checkpoint_seconds = checkpoint_seconds or policy.hold_ttl_seconds / 3
+        self._orphans: set[asyncio.Task[object]] = set()
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        key, member = ctx.require_key(), ctx.require_membership()
+        model = self._catalogue.get(ctx.model or "")
+        tier = self._policy.tier(member.org_tier)
+        if model is None or tier is None:
+            raise RuntimeError("RewriteModel must run before ReserveCredits")
+        if not model.priced() and not ctx.byok:
+            raise ProxyError.permission("model_not_priced", f"The model '{model.name}' has no price configured.")
+        ctx.prompt_tokens = self._counter.prompt_tokens(ctx.route, ctx.body)
+        cpu, factor = self._policy.credits_per_usd, (1 + tier.markup) * ctx.multiplier
+        amount = 0 if ctx.byok else pricing.charge(_bound_usd(ctx, model), cpu, tier.markup, ctx.multiplier)
+        rates = pricing.millicredit_rates(model.highest, cpu, Decimal(0) if ctx.byok else factor)
+        listed = pricing.millicredit_rates(model.highest, cpu)
+        request = HoldRequest(
+            org_id=member.org_id,
+            user_id=member.user_id,
+            key_id=key.id,
+            request_id=ctx.request_id,
+            amount=amount,
+            model=model.name,
+            byok=ctx.byok,
+            prompt_tokens=ctx.prompt_tokens,
+            input_rate=rates.input,
+            output_rate=rates.output,
+            list_input_rate=listed.input,
+            list_output_rate=listed.output,
+        )
+        ctx.hold = await self._reserve(request)
+        ctx.response_headers["X-Credits-Held"] = str(ctx.hold.amount)
+        settle = _Settle(self, ctx, model, tier.markup)
+        ctx.settle_now = settle
+        ctx.cleanup.push_async_callback(settle)
+        if ctx.stream or ctx.body.get("stream") is True:
+            await ctx.cleanup.enter_async_context(self._checkpoints(ctx))
+
+    async def _reserve(self, request: HoldRequest) -> Hold:
+        # a hold committed while the request was being cancelled would be charged by the sweeper
+        # (prompt_only) for a request never sent: void it instead
+        task = asyncio.ensure_future(self._ledger.reserve(request))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(lambda t: self._void_orphan(t, request))
+            raise
+
+    def _void_orphan(self, task: asyncio.Task[Hold], request: HoldRequest) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return
+        orphan = asyncio.ensure_future(self._retry(lambda: self._ledger.void(request.org_id, request.request_id)))
+        self._orphans.add(orphan)
+        orphan.add_done_callback(self._orphans.discard)
+
+    @contextlib.asynccontextmanager
+    async def _checkpoints(self, ctx: RequestContext) -> AsyncIterator[None]:
+        """While a stream runs, record what it has delivered so a dead replica's hold settles from it."""
+        hold = ctx.hold
+        assert hold is not None
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self._checkpoint_seconds)
+                try:
+                    await self._ledger.checkpoint(hold.org_id, hold.request_id, ctx.meter.tokens())
+                except Exception as exc:  # a missed checkpoint only makes the sweeper's fallback older
+                    log.warning("checkpoint failed: %s", type(exc).__name__)
+
+        task = asyncio.create_task(renew(), name=f"checkpoint-{hold.request_id}")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _retry(self, call: Callable[[], Awaitable[object]]) -> object:
+        """Run `call`, retrying an unavailable ledger with backoff for at most `retry_seconds`."""
+        loop = asyncio.get_running_loop()
+        deadline, delay = loop.time() + self._retry_seconds, 0.05
+        while True:
+            try:
+                return await call()
+            except ProxyError as exc:
+                if exc.code != "ledger_unavailable" or loop.time() + delay > deadline:
+                    raise
+            except Exception:
+                if loop.time() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+def _bound_usd(ctx: RequestContext, model: Model) -> Fraction:
+    """The most this request can cost in USD, at the model's highest deployment price."""
+    price, body = model.highest, ctx.body
+    if ctx.route == IMAGES:
+        return pricing.usd_cost(price, 0, 0, images=_count(body, "n"))
+    prompt = bound(ctx.prompt_tokens)
+    if ctx.route == "embeddings":
+        return pricing.usd_cost(price, prompt, 0)
+    caps = [body[name] for name in OUTPUT_CAPS if isinstance(body.get(name), int)]
+    if not caps:  # RewriteModel injects max_tokens; without it the cost has no bound
+        raise ProxyError.invalid_value("max_tokens", "max_tokens is required for this request.")
+    outputs = max(_count(body, "n"), _count(body, "best_of")) * prompt_count(ctx.route, body)
+    return pricing.usd_cost(price, prompt, max(caps) * outputs)
+
+
+def _count(body: dict[str, object], name: str) -> int:
+    value = body.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
+
+
+class _Settle:
+    """The settle-or-void step of one request: runs once however many times it is awaited."""
+
+    def __init__(self, owner: ReserveCredits, ctx: RequestContext, model: Model, markup: Decimal) -> None:
+        self._owner, self._ctx, self._model, self._markup = owner, ctx, model, markup
+        self._task: asyncio.Task[None] | None = None
+
+    async def __call__(self) -> None:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._finish())
+        cancelled = False
+        while not self._task.done():  # shielded: a cancelled request still settles, then re-raises
+            try:
+                await asyncio.shield(self._task)
+            except asyncio.CancelledError:
+                if self._task.cancelled():
+                    raise
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
+
+    async def _finish(self) -> None:
+        ctx, ledger, hold = self._ctx, self._owner._ledger, self._ctx.hold
+        assert hold is not None
+        settlement = self.decide()
+        try:
+            if settlement is None:
+                await self._owner._retry(lambda: ledger.void(hold.org_id, hold.request_id))
+                self._owner._record("voided", None)
+            else:
+                result = await self._owner._retry(lambda: ledger.settle(hold.org_id, hold.request_id, settlement))
+                assert isinstance(result, SettleResult)
+                ctx.response_headers["X-Credits-Charged"] = str(result.charged)
+                if result.remaining is not None:
+                    ctx.response_headers["X-Credits-Remaining"] = str(result.remaining)
+                self._owner._record(result.status, settlement)
+            ctx.settled = True
+        except Exception as exc:  # the hold stays; the sweeper settles it from its checkpoint at expiry
+            log.error(
+                "settlement failed; the sweeper will settle request %s at expiry: %s",
+                hold.request_id,
+                type(exc).__name__,
+            )
+            self._owner._record("failed", settlement)
+
+    def decide(self) -> Settlement | None:
+        """What to post: None = void (nothing was served)."""
+        ctx = self._ctx
+        if ctx.upstream_status is not None and ctx.upstream_status >= 400:
+            return None
+        images = ctx.route == IMAGES
+        if ctx.usage is not None or (images and ctx.image_count is not None):
+            prompt = ctx.usage.prompt_tokens if ctx.usage else 0
+            completion = ctx.usage.completion_tokens if ctx.usage else 0
+            return self._settlement(PROVIDER, prompt, completion, (ctx.image_count or 0) if images else 0)
+        if ctx.meter.chunks > 0 or ctx.response_started:
+            completion = 0 if images else ctx.meter.tokens()
+            return self._settlement(ESTIMATE, ctx.prompt_tokens, completion, _count(ctx.body, "n") if images else 0)
+        return None
+
+    def _settlement(self, source: str, prompt: int, completion: int, images: int) -> Settlement:
+        ctx, model, cpu = self._ctx, self._model, self._owner._policy.credits_per_usd
+        price = model.price_for(ctx.deployment_id)
+        usd = pricing.usd_cost(price, 0 if images else prompt, 0 if images else completion, images=images)
+        deployment = model.deployment(ctx.deployment_id)
+        return Settlement(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            charge=0 if ctx.byok else pricing.charge(usd, cpu, self._markup, ctx.multiplier),
+            list_price=pricing.list_price(usd, cpu),
+            usage_source=source,
+            model=model.name,
+            provider=deployment.provider if deployment else model.provider,
+            deployment=ctx.deployment_id,
+        )
