@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
 
+from proxy.admin import admin_routes
 from proxy.directory import PgDirectory
+from proxy.errors import ProxyError
+from proxy.settings import Secret
+from proxy.stores import LedgerAdmin
+
+from .fakes import FakeLedger
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "proxy" / "migrations"
 
@@ -41,3 +53,87 @@ async def pool(fresh_db: str) -> AsyncIterator[asyncpg.Pool]:
 @pytest.fixture
 def directory(pool: asyncpg.Pool) -> PgDirectory:
     return PgDirectory(pool)
+
+
+TOKEN = "operator-token-" + "x" * 24
+OPERATOR = {"authorization": f"Bearer {TOKEN}"}
+TIERS = ("free", "starter", "professional", "enterprise")
+POWER_LEVELS = ("eco", "balanced", "precision")
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+@dataclass
+class Admin:
+    """An in-process app serving admin_routes over a real PgDirectory, and helpers to seed it."""
+
+    http: httpx.AsyncClient
+    directory: PgDirectory
+    ledger: LedgerAdmin
+    pool: asyncpg.Pool
+    revoked: list[str] = field(default_factory=list)
+
+    async def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+                   **params: Any) -> httpx.Response:
+        return await self.http.request(method, path, json=body, headers=headers or OPERATOR, params=params or None)
+
+    async def ok(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
+        response = await self.call(method, path, body, **params)
+        assert response.status_code in (200, 201), response.text
+        return response.json()
+
+    async def org(self, name: str = "Acme", tier: str = "starter") -> str:
+        return str((await self.ok("POST", "/admin/orgs", {"name": name, "tier": tier}))["id"])
+
+    async def user(self, email: str) -> str:
+        return str((await self.ok("POST", "/admin/users", {"email": email, "name": email.split("@")[0]}))["id"])
+
+    async def member(self, org: str, user: str, **fields: Any) -> Any:
+        return await self.ok("PUT", f"/admin/orgs/{org}/members/{user}", fields)
+
+    async def key(self, user: str, org: str | None = None) -> tuple[str, str]:
+        body = {"user_id": user, "name": "k"} | ({"org_id": org} if org else {})
+        created = await self.ok("POST", "/admin/keys", body)
+        return str(created["id"]), str(created["key"])
+
+    async def org_admin(self, org: str, email: str = "boss@acme.test") -> tuple[str, dict[str, str]]:
+        """A new user made admin of `org`, with the auth header of a key bound to it."""
+        user = await self.user(email)
+        await self.member(org, user, role="admin")
+        _, key = await self.key(user, org)
+        return user, bearer(key)
+
+    async def audit(self) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch("SELECT actor, action, org_id, target FROM creditgate.admin_audit ORDER BY id")
+        return [dict(r) for r in rows]
+
+
+async def _render(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProxyError)
+    return Response(exc.to_bytes(), exc.status, headers=exc.headers, media_type="application/json")
+
+
+def build_app(directory: PgDirectory, ledger: LedgerAdmin, revoked: list[str]) -> Starlette:
+    async def on_revoke(key_hash: str) -> None:
+        revoked.append(key_hash)
+
+    routes = admin_routes(
+        directory, ledger, admin_token=Secret(TOKEN), lookup_key=directory.api_key, on_revoke=on_revoke,
+        tiers=TIERS, power_levels=POWER_LEVELS,
+    )
+    return Starlette(routes=routes, exception_handlers={ProxyError: _render})
+
+
+@pytest.fixture
+def fake_ledger() -> FakeLedger:
+    return FakeLedger()
+
+
+@pytest.fixture
+async def admin(pool: asyncpg.Pool, directory: PgDirectory, fake_ledger: FakeLedger) -> AsyncIterator[Admin]:
+    revoked: list[str] = []
+    app = build_app(directory, fake_ledger, revoked)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://admin.test") as http:
+        yield Admin(http, directory, fake_ledger, pool, revoked)

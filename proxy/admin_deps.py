@@ -1,0 +1,31 @@
+"""What the admin route handlers share: the stores, the authorizer, and the configured vocabularies."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from proxy.admin_auth import Authorizer
+from proxy.context import Membership
+from proxy.stores import DirectoryAdmin, LedgerAdmin, Row
+
+
+class AdminDirectory(DirectoryAdmin, Protocol):
+    """`DirectoryAdmin` plus the reads the admin routes need (PgDirectory implements all of it)."""
+
+    async def memberships(self, user_id: str) -> Sequence[Membership]: ...
+
+    async def get_key(self, key_id: str) -> Row | None: ...
+
+    async def audit(self, actor: str, action: str, org_id: str | None, target: str | None, detail: Row) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AdminDeps:
+    directory: AdminDirectory
+    ledger: LedgerAdmin
+    auth: Authorizer
+    on_revoke: Callable[[str], Awaitable[None]]
+    tiers: frozenset[str]
+    power_levels: frozenset[str]
