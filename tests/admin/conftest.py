@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -17,33 +16,16 @@ from starlette.responses import Response
 from proxy.admin import admin_routes
 from proxy.directory import PgDirectory
 from proxy.errors import ProxyError
+from proxy.migrate import migrate
 from proxy.settings import Secret
 from proxy.stores import LedgerAdmin
 
 from .fakes import FakeLedger
 
-MIGRATIONS = Path(__file__).resolve().parents[2] / "proxy" / "migrations"
-
-
-async def apply_migrations(dsn: str) -> None:
-    """proxy.migrate.migrate when the ledger's migrator exists, else the directory's own files."""
-    try:
-        from proxy.migrate import migrate  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        conn = await asyncpg.connect(dsn)
-        try:
-            for path in sorted(MIGRATIONS.glob("000[13]_*.sql")):
-                async with conn.transaction():
-                    await conn.execute(path.read_text())
-        finally:
-            await conn.close()
-    else:
-        await migrate(dsn)
-
 
 @pytest.fixture
 async def pool(fresh_db: str) -> AsyncIterator[asyncpg.Pool]:
-    await apply_migrations(fresh_db)
+    await migrate(fresh_db)
     pool = await asyncpg.create_pool(fresh_db, min_size=1, max_size=4)
     assert pool is not None
     yield pool

@@ -20,6 +20,10 @@ class FakeLedger:
     by_key: dict[tuple[str, str], Row] = field(default_factory=dict)
     calls: list[tuple[str, Any]] = field(default_factory=list)
 
+    def last(self) -> tuple[str, Any]:
+        """The most recent call (a method, so type checkers do not narrow it between calls)."""
+        return self.calls[-1]
+
     def _post(self, org_id: str, kind: str, amount: int, reason: str, key: str, actor: str, **extra: Any) -> Row:
         previous = self.by_key.get((org_id, key))
         if previous is not None:

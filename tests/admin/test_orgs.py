@@ -83,7 +83,7 @@ async def test_adjustments_are_signed(admin: Admin, fake_ledger: FakeLedger) -> 
     assert (await admin.ok("POST", f"/admin/orgs/{org}/adjustments", refund))["pool"]["balance"] == 750
     debit = {"amount_millicredits": -700, "reason": "correction", "idempotency_key": "a-2"}
     assert (await admin.ok("POST", f"/admin/orgs/{org}/adjustments", debit))["pool"]["balance"] == 50
-    assert fake_ledger.calls[-1] == ("adjust", (org, -700, "correction", "a-2", "operator"))
+    assert fake_ledger.last() == ("adjust", (org, -700, "correction", "a-2", "operator"))
 
 
 async def test_usage_passes_group_user_and_window(admin: Admin, fake_ledger: FakeLedger) -> None:
@@ -93,13 +93,13 @@ async def test_usage_passes_group_user_and_window(admin: Admin, fake_ledger: Fak
                             start="2026-11-01T00:00:00Z", end="2026-12-01T00:00:00+00:00")
     assert answer == {"data": [{"user": "x", "requests": 2, "prompt_tokens": 10, "completion_tokens": 5,
                                 "charged_millicredits": 42, "list_price_millicredits": 70}], "has_more": False}
-    assert fake_ledger.calls[-1] == (
+    assert fake_ledger.last() == (
         "usage", (org, "user", user, datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
     )
     await admin.ok("GET", f"/admin/orgs/{org}/usage")
-    assert fake_ledger.calls[-1] == ("usage", (org, "model", None, None, None))
+    assert fake_ledger.last() == ("usage", (org, "model", None, None, None))
     await admin.ok("GET", f"/admin/orgs/{org}/usage", group_by="day")
-    assert fake_ledger.calls[-1][1][1] == "day"
+    assert fake_ledger.last()[1][1] == "day"
 
 
 async def test_ledger_pages_newest_first(admin: Admin, fake_ledger: FakeLedger) -> None:
@@ -113,4 +113,4 @@ async def test_ledger_pages_newest_first(admin: Admin, fake_ledger: FakeLedger) 
     rest = await admin.ok("GET", f"/admin/orgs/{org}/ledger", limit=3, after=first["data"][-1]["id"])
     assert [e["amount_millicredits"] for e in rest["data"]] == [11, 10]
     assert rest["has_more"] is False
-    assert fake_ledger.calls[-1] == ("entries", (org, None, 3, first["data"][-1]["id"]))
+    assert fake_ledger.last() == ("entries", (org, None, 3, first["data"][-1]["id"]))
