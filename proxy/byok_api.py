@@ -9,7 +9,7 @@ top-level `api_key` (litellm.md §3); answers show only a mask of its last four 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from starlette.requests import Request
@@ -27,12 +27,15 @@ from proxy.caller_common import (
     scope_of,
 )
 from proxy.context import Directory, Membership
+from proxy.crypto import KeyBox, UndecryptableKey, last4, mask
 from proxy.errors import ProxyError
-from proxy.models_api import ModelEntry, providers_of
+from proxy.models_api import providers_of
+from proxy.pricing import Catalogue
+from proxy.settings import Secret
 from proxy.stores import DirectoryAdmin, LedgerAdmin, Row
 
 # (model, key) -> (status, client-safe message): a one-token call through LiteLLM, not billed
-Probe = Callable[[str, str], Awaitable[tuple[int, str]]]
+Probe = Callable[[str, Secret], Awaitable[tuple[int, str]]]
 MAX_KEY_CHARS = 4096
 MIN_KEY_CHARS = 8
 
@@ -43,17 +46,12 @@ class ByokDirectory(DirectoryAdmin, Directory, Protocol):
     """PgDirectory: the admin side (store, list, delete, toggle) and the hot path's key lookup."""
 
 
-def mask(last4: str) -> str:
-    """What callers see of a stored key: its last four characters (only those are stored in clear)."""
-    return f"...{last4}"
-
-
 def key_view(row: Row) -> dict[str, Any]:
     """A stored key as answers show it: never the key or its ciphertext."""
     return {
         "provider": row["provider"],
         "scope": row["scope"],
-        "masked_key": mask(str(row.get("last4", ""))),
+        "masked_key": mask(str(row.get("last4") or "")),
         "enabled": bool(row["enabled"]),
         "created_at": row.get("created_at"),
         "updated_at": row.get("updated_at"),
@@ -64,7 +62,7 @@ def owner_of(member: Membership, scope: str) -> str:
     return member.org_id if scope == "org" else member.user_id
 
 
-def validate_key(value: object) -> str:
+def validate_key(value: object) -> Secret:
     """A provider API key: a string of printable non-space characters. The error never echoes it."""
     if not isinstance(value, str):
         raise ProxyError.invalid_value("api_key", "'api_key' must be a string.")
@@ -73,7 +71,7 @@ def validate_key(value: object) -> str:
         raise ProxyError.invalid_value("api_key", f"'api_key' must be {MIN_KEY_CHARS} to {MAX_KEY_CHARS} characters.")
     if not key.isprintable() or any(c.isspace() for c in key):
         raise ProxyError.invalid_value("api_key", "'api_key' must not contain spaces or control characters.")
-    return key
+    return Secret(key)
 
 
 def byok_routes(
@@ -81,13 +79,12 @@ def byok_routes(
     identify: Identify,
     ledger: LedgerAdmin,
     directory: ByokDirectory,
-    models: Sequence[ModelEntry],
-    encrypt: Callable[[str], bytes],
-    decrypt: Callable[[bytes], str],
+    catalogue: Catalogue,
+    keybox: KeyBox,
     probe: Probe,
 ) -> list[BaseRoute]:
-    """The BYOK routes under /byok/keys. `encrypt`/`decrypt` are the MultiFernet (proxy/crypto.py)."""
-    providers = providers_of(models)
+    """The BYOK routes under /byok/keys; keys are sealed and opened with `keybox` (proxy/crypto.py)."""
+    providers = providers_of(catalogue)
 
     def provider_param(value: object, param: str = "provider") -> str:
         if not isinstance(value, str) or value.strip().lower() not in providers:
@@ -108,7 +105,7 @@ def byok_routes(
             raise ProxyError.invalid_value("scope", "'scope' must be 'user' or 'org'.")
         require_scope(scope, member)
         row = await directory.put_provider_key(
-            member.org_id, scope, owner_of(member, scope), provider, encrypt(key), key[-4:]
+            member.org_id, scope, owner_of(member, scope), provider, keybox.encrypt(key), last4(key)
         )
         log.info("byok key stored", extra={"org_id": member.org_id, "provider": provider, "scope": scope})
         return json_response(key_view(row), status=201)
@@ -151,10 +148,15 @@ def byok_routes(
         match = next((k for k in stored if k.scope == scope), None)
         if match is None:
             raise not_stored(provider, scope)
-        model = probe_model(models, provider)
+        model = probe_model(catalogue, provider)
         if model is None:
             raise ProxyError.invalid_value("provider", f"No model of provider '{provider}' takes members' keys.")
-        status, message = await probe(model, decrypt(match.ciphertext))
+        try:
+            key = keybox.decrypt(match.ciphertext)
+        except UndecryptableKey:
+            raise ProxyError(409, "conflict_error", "byok_key_unreadable",
+                             "The stored key can no longer be decrypted; store it again.") from None
+        status, message = await probe(model, key)
         return json_response({"ok": 200 <= status < 300, "status": status, "message": message})
 
     async def key_usage(request: Request) -> Response:
@@ -181,10 +183,10 @@ def not_stored(provider: str, scope: str) -> ProxyError:
     return ProxyError.not_found("byok_key_not_found", f"No {scope} key is stored for provider '{provider}'.")
 
 
-def probe_model(models: Sequence[ModelEntry], provider: str) -> str | None:
+def probe_model(catalogue: Catalogue, provider: str) -> str | None:
     """The first model served only by `provider` deployments that all take members' keys, so
     LiteLLM cannot route the test (and the key) to another provider or to the platform's key."""
-    for model in models:
-        if model.all_byok and {d.provider for d in model.deployments} == {provider}:
+    for model in catalogue.models.values():
+        if model.byok_allowed and model.provider == provider:
             return model.name
     return None

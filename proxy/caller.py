@@ -8,16 +8,17 @@ so it acts for the API key's user in the active org; errors are `ProxyError`s th
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from proxy.byok_api import ByokDirectory, Probe, byok_routes
 from proxy.caller_common import Identify, both, json_response, membership, query_choice, query_limit, query_time
+from proxy.crypto import KeyBox
 from proxy.errors import ProxyError
-from proxy.models_api import ModelEntry, TierAllows, model_routes
+from proxy.models_api import model_routes
+from proxy.policy_config import PolicyConfig
+from proxy.pricing import Catalogue
 from proxy.stores import LedgerAdmin
 
 USAGE_GROUPS = ("model", "day")
@@ -42,22 +43,21 @@ def caller_routes(
     identify: Identify,
     ledger: LedgerAdmin,
     directory: ByokDirectory,
-    models: tuple[ModelEntry, ...],
-    tier_allows: TierAllows,
-    encrypt: Callable[[str], bytes],
-    decrypt: Callable[[bytes], str],
+    catalogue: Catalogue,
+    policy: PolicyConfig,
+    keybox: KeyBox,
     probe: Probe,
     created: int,
 ) -> list[BaseRoute]:
-    """All caller routes. `models` is the catalogue in config order, `tier_allows(tier, model)` the
-    policy file's tier rule, `encrypt`/`decrypt` the BYOK MultiFernet, `probe(model, key)` the one-token test
-    call to LiteLLM, `created` the `created` stamp of model objects (when the model list was loaded)."""
+    """All caller routes. `catalogue` and `policy` say which models exist and which tiers may use
+    them, `keybox` seals BYOK keys, `probe(model, key)` is the one-token test call to LiteLLM
+    (proxy/caller_probe.py), `created` the `created` stamp of model objects (when the model list was
+    loaded)."""
     return [
         *credit_routes(identify=identify, ledger=ledger),
-        *model_routes(identify=identify, directory=directory, models=models, tier_allows=tier_allows,
-                      created=created),
-        *byok_routes(identify=identify, ledger=ledger, directory=directory, models=models, encrypt=encrypt,
-                     decrypt=decrypt, probe=probe),
+        *model_routes(identify=identify, directory=directory, catalogue=catalogue, policy=policy, created=created),
+        *byok_routes(identify=identify, ledger=ledger, directory=directory, catalogue=catalogue, keybox=keybox,
+                     probe=probe),
     ]
 
 

@@ -26,12 +26,13 @@ TIMEOUT = "The key could not be tested: the model service did not answer in time
 
 def litellm_probe(
     session: aiohttp.ClientSession, upstream_url: str, upstream_key: Secret, *, timeout: float = 30.0
-) -> Callable[[str, str], Awaitable[tuple[int, str]]]:
+) -> Callable[[str, Secret], Awaitable[tuple[int, str]]]:
     """A `Probe` (proxy/byok_api.py) posting to `{upstream_url}/v1/chat/completions` on `session`."""
     url = upstream_url.rstrip("/") + "/v1/chat/completions"
 
-    async def probe(model: str, key: str) -> tuple[int, str]:
-        body = {"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1, "api_key": key}
+    async def probe(model: str, key: Secret) -> tuple[int, str]:
+        messages = [{"role": "user", "content": "ping"}]
+        body = {"model": model, "messages": messages, "max_tokens": 1, "api_key": key.reveal()}
         headers = {"Authorization": f"Bearer {upstream_key.reveal()}", "Content-Type": "application/json"}
         try:
             async with session.post(

@@ -1,24 +1,34 @@
-"""An in-process Starlette app with only the caller routes and the ProxyError renderer, over
-httpx.ASGITransport (these routes do not stream)."""
+"""An in-process Starlette app with only the caller routes and a ProxyError renderer, over
+httpx.ASGITransport (these routes do not stream), backed by the real PgDirectory on a fresh
+migrated database, the shipped LiteLLM config and policy file, and a real Fernet key box."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
-from cryptography.fernet import Fernet, MultiFernet
+from cryptography.fernet import Fernet
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy.caller import caller_routes
+from proxy.crypto import KeyBox
+from proxy.directory import PgDirectory
 from proxy.errors import ProxyError
+from proxy.migrate import migrate
+from proxy.policy_config import PolicyConfig, load_policy
+from proxy.pricing import Catalogue, load_catalogue
+from proxy.settings import Secret
 
-from .fakes import MODELS, FakeIdentify, FakeKeys, FakeLedger, FakeProbe, member, tier_allows
+from .fakes import FakeIdentify, FakeLedger, FakeProbe, member
 
+ROOT = Path(__file__).resolve().parents[2]
 CREATED = 1767225600
 TOKENS = {
     "alice": member("org_a", "usr_alice"),
@@ -27,6 +37,7 @@ TOKENS = {
     "carol": member("org_b", "usr_carol", role="admin"),
     "frank": member("org_f", "usr_frank", tier="free"),
 }
+ORGS = {"org_a": "starter", "org_b": "starter", "org_f": "free"}
 
 
 async def render(request: Request, exc: Exception) -> Response:
@@ -34,22 +45,40 @@ async def render(request: Request, exc: Exception) -> Response:
     return Response(exc.to_bytes(), status_code=exc.status, media_type="application/json", headers=exc.headers)
 
 
-def build_app(*, ledger: Any, directory: Any, probe: Any, fernet: MultiFernet) -> Starlette:
-    routes = caller_routes(
-        identify=FakeIdentify(TOKENS), ledger=ledger, directory=directory, models=MODELS, tier_allows=tier_allows,
-        encrypt=lambda key: fernet.encrypt(key.encode()), decrypt=lambda token: fernet.decrypt(token).decode(),
-        probe=probe, created=CREATED,
-    )
-    return Starlette(routes=routes, exception_handlers={ProxyError: render})
+@pytest.fixture(scope="session")
+def catalogue() -> Catalogue:
+    return load_catalogue(ROOT / "litellm_config.yaml")
+
+
+@pytest.fixture(scope="session")
+def policy() -> PolicyConfig:
+    return load_policy(ROOT / "policy.yaml")
+
+
+@pytest.fixture
+def keybox() -> KeyBox:
+    return KeyBox([Secret(Fernet.generate_key().decode())])
+
+
+@pytest.fixture
+async def pool(fresh_db: str) -> AsyncIterator[asyncpg.Pool]:
+    await migrate(fresh_db)
+    pool = await asyncpg.create_pool(fresh_db, min_size=1, max_size=4)
+    assert pool is not None
+    async with pool.acquire() as conn:
+        for org_id, tier in ORGS.items():
+            await conn.execute("INSERT INTO creditgate.orgs (id, name, tier) VALUES ($1, $1, $2)", org_id, tier)
+    yield pool
+    await pool.close()
 
 
 @dataclass
 class Caller:
     http: httpx.AsyncClient
     ledger: FakeLedger
-    keys: Any
+    directory: PgDirectory
     probe: FakeProbe
-    fernet: MultiFernet
+    keybox: KeyBox
 
     async def get(self, path: str, who: str = "alice", **kw: Any) -> httpx.Response:
         return await self.http.get(path, headers={"Authorization": f"Bearer {who}"}, **kw)
@@ -62,16 +91,14 @@ class Caller:
 
 
 @pytest.fixture
-def fernet() -> MultiFernet:
-    return MultiFernet([Fernet(Fernet.generate_key())])
-
-
-@pytest.fixture
-async def caller(fernet: MultiFernet) -> AsyncIterator[Caller]:
-    ledger, keys, probe = FakeLedger(), FakeKeys(), FakeProbe()
-    app = build_app(ledger=ledger, directory=keys, probe=probe, fernet=fernet)
+async def caller(pool: asyncpg.Pool, catalogue: Catalogue, policy: PolicyConfig, keybox: KeyBox
+                 ) -> AsyncIterator[Caller]:
+    ledger, directory, probe = FakeLedger(), PgDirectory(pool), FakeProbe()
+    routes = caller_routes(identify=FakeIdentify(TOKENS), ledger=ledger, directory=directory, catalogue=catalogue,
+                           policy=policy, keybox=keybox, probe=probe, created=CREATED)
+    app = Starlette(routes=routes, exception_handlers={ProxyError: render})
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http:
-        yield Caller(http, ledger, keys, probe, fernet)
+        yield Caller(http, ledger, directory, probe, keybox)
 
 
 def error(status: int, type_: str, code: str, message: str, param: str | None = None) -> tuple[int, dict[str, Any]]:

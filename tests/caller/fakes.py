@@ -1,44 +1,20 @@
-"""In-memory stand-ins for the caller routes' dependencies (identify, LedgerAdmin, the directory's
-BYOK side), used where a test is about the routes themselves; the real-store tests are in
-test_real_stores.py."""
+"""Stand-ins for what other parts supply: `identify` (the app runs Authenticate + ResolveOrg), a
+canned LedgerAdmin (the routes only pass its rows through) and the LiteLLM probe."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from starlette.requests import Request
 
-from proxy.context import Membership, RequestContext, StoredProviderKey
+from proxy.context import Membership, RequestContext
 from proxy.errors import ProxyError
-from proxy.models_api import DeploymentEntry, ModelEntry
+from proxy.settings import Secret
 
 Row = dict[str, Any]
-T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-
-
-def _model(name: str, provider: str, byok: str = "none", priced: bool = True) -> ModelEntry:
-    return ModelEntry(name, (DeploymentEntry(provider, byok),), priced)
-
-
-# the shipped litellm_config.yaml's shape, plus a second provider
-MODELS = (
-    _model("mock-gpt", "openai"),
-    _model("fake-small", "openai"),
-    _model("fake-large", "openai"),
-    ModelEntry("fake-multi", (DeploymentEntry("openai", "none"), DeploymentEntry("openai", "none")), True),
-    _model("byok-gpt", "openai", "optional"),
-    _model("byok-only", "openai", "required"),
-    _model("unpriced-model", "openai", "optional", priced=False),
-    _model("claude-byok", "anthropic", "optional"),
-)
-FREE = {"fake-small", "mock-gpt", "byok-gpt", "unpriced-model"}
-
-
-def tier_allows(tier: str, model: str) -> bool:
-    return tier != "free" or model in FREE
 
 
 def member(org: str, user: str, role: str = "member", tier: str = "starter") -> Membership:
@@ -100,44 +76,10 @@ class FakeLedger:
 
 
 @dataclass
-class FakeKeys:
-    """The BYOK half of the directory: (org, scope, owner, provider) -> row with the ciphertext."""
-
-    rows: dict[tuple[str, str, str, str], Row] = field(default_factory=dict)
-
-    async def put_provider_key(self, org_id: str, scope: str, owner_id: str, provider: str, ciphertext: bytes,
-                               last4: str) -> Row:
-        old = self.rows.get((org_id, scope, owner_id, provider))
-        row = {"org_id": org_id, "scope": scope, "owner_id": owner_id, "provider": provider,
-               "ciphertext": ciphertext, "last4": last4, "enabled": True,
-               "created_at": old["created_at"] if old else T0, "updated_at": T0}
-        self.rows[(org_id, scope, owner_id, provider)] = row
-        return row
-
-    async def list_provider_keys(self, org_id: str, user_id: str) -> Sequence[Row]:
-        return [r for (o, s, w, _), r in self.rows.items()
-                if o == org_id and ((s == "user" and w == user_id) or s == "org")]
-
-    async def delete_provider_key(self, org_id: str, scope: str, owner_id: str, provider: str) -> bool:
-        return self.rows.pop((org_id, scope, owner_id, provider), None) is not None
-
-    async def toggle_provider_key(self, org_id: str, scope: str, owner_id: str, provider: str,
-                                  enabled: bool) -> Row | None:
-        row = self.rows.get((org_id, scope, owner_id, provider))
-        if row is not None:
-            row["enabled"] = enabled
-        return row
-
-    async def provider_keys(self, org_id: str, user_id: str, provider: str) -> Sequence[StoredProviderKey]:
-        return [StoredProviderKey(r["provider"], r["scope"], r["ciphertext"], r["enabled"])
-                for r in await self.list_provider_keys(org_id, user_id) if r["provider"] == provider]
-
-
-@dataclass
 class FakeProbe:
     answer: tuple[int, str] = (200, "The provider accepted the key.")
     calls: list[tuple[str, str]] = field(default_factory=list)
 
-    async def __call__(self, model: str, key: str) -> tuple[int, str]:
-        self.calls.append((model, key))
+    async def __call__(self, model: str, key: Secret) -> tuple[int, str]:
+        self.calls.append((model, key.reveal()))
         return self.answer
