@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from policies.auth import Authenticate, KeyLookup
 from policies.byok import InjectProviderKey
-from policies.credits import ReserveCredits
+from policies.credits import Record, ReserveCredits
 from policies.model import RewriteModel
 from policies.org import ResolveOrg
 from proxy.context import Directory, Ledger, Policy
@@ -36,14 +36,14 @@ def default_policies(
     catalogue: Catalogue,
     keybox: KeyBox,
     counter: TokenCounter,
-    credits: ReserveCredits | None = None,
+    record: Record | None = None,
 ) -> tuple[Policy, ...]:
-    """The chain. `keys` is a `proxy.keycache.KeyCache`; pass `credits` to configure ReserveCredits
-    (metrics hook, retry bound), else it is built with defaults."""
+    """The chain. `keys` is a `proxy.keycache.KeyCache`; `record(outcome, settlement)` counts
+    settlements for the metrics (see policies.credits.Record)."""
     return (
         Authenticate(keys),
         ResolveOrg(directory),
         RewriteModel(policy, catalogue),
         InjectProviderKey(directory, catalogue, keybox),
-        credits or ReserveCredits(ledger, policy, catalogue, counter),
+        ReserveCredits(ledger, policy, catalogue, counter, record=record),
     )

@@ -13,6 +13,7 @@ OpenAI and Anthropic vision pricing rules charge for one image (research/tokeniz
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
@@ -40,10 +41,12 @@ class TokenCounter:
         if not text:
             return 0
         if self._encode is None:
-            import bpe_openai
-
-            self._encode = bpe_openai.get_encoding("o200k_base").encode_ordinary
+            self._encode = _load_o200k()
         return len(self._encode(text))
+
+    def warm(self) -> None:
+        """Load the encoding now (about 0.7 s) rather than on the first request: call at start-up."""
+        self.count("warm")
 
     def prompt_tokens(self, route: str, body: dict[str, Any]) -> int:
         """The prompt of a request as o200k_base counts it (the estimate recorded when no usage arrives)."""
@@ -102,6 +105,18 @@ class TokenCounter:
         if value is None:
             return 0
         return self.count(value if isinstance(value, str) else _json(value))
+
+
+def _load_o200k() -> Callable[[str], list[int]]:
+    # bpe-openai 0.1.4 reads its bundled files (at import, too) through importlib.resources.open_binary,
+    # deprecated since Python 3.11: its warning is not ours to act on
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import bpe_openai
+
+        encoding = bpe_openai.get_encoding("o200k_base")
+    encode: Callable[[str], list[int]] = encoding.encode_ordinary
+    return encode
 
 
 def bound(counted: int) -> int:
