@@ -1,0 +1,84 @@
+"""Ledger fixtures: a migrated fresh database per test, a `PgLedger` on it, and directory helpers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import asyncpg
+import pytest
+
+from proxy.context import HoldRequest, Settlement
+from proxy.ledger import PgLedger
+from proxy.migrate import migrate
+
+
+@pytest.fixture
+async def ledger_db(fresh_db: str) -> str:
+    await migrate(fresh_db)
+    return fresh_db
+
+
+@pytest.fixture
+async def ledger(ledger_db: str) -> AsyncIterator[PgLedger]:
+    lg = await PgLedger.connect(ledger_db, hold_ttl_seconds=120)
+    yield lg
+    await lg.close()
+
+
+@pytest.fixture
+async def db(ledger_db: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(ledger_db)
+    yield conn
+    await conn.close()
+
+
+async def add_org(conn: asyncpg.Connection, org: str, *, tier: str = "starter") -> None:
+    await conn.execute("INSERT INTO creditgate.orgs (id, name, tier) VALUES ($1, $1, $2)", org, tier)
+
+
+async def add_member(conn: asyncpg.Connection, org: str, user: str, *, limit: int | None = None,
+                     period: str = "none") -> None:
+    await conn.execute(
+        "INSERT INTO creditgate.users (id, email) VALUES ($1, $1 || '@example.com') ON CONFLICT DO NOTHING", user)
+    await conn.execute(
+        """INSERT INTO creditgate.memberships (org_id, user_id, allocation_millicredits, allocation_period)
+           VALUES ($1, $2, $3, $4)""", org, user, limit, period)
+
+
+async def set_clock(conn: asyncpg.Connection, skew_seconds: float | None) -> None:
+    """Skew the database clock (`creditgate.now()`); None removes the skew."""
+    await conn.execute("DELETE FROM creditgate.clock_skew")
+    if skew_seconds is not None:
+        await conn.execute("INSERT INTO creditgate.clock_skew (skew) VALUES (make_interval(secs => $1))",
+                           float(skew_seconds))
+
+
+def hold(org: str, user: str, rid: str, amount: int, *, prompt: int = 10, in_rate: str = "1",
+         out_rate: str = "2", byok: bool = False) -> HoldRequest:
+    return HoldRequest(org_id=org, user_id=user, key_id="key_test", request_id=rid, amount=amount,
+                       model="fake-small", byok=byok, prompt_tokens=prompt, input_rate=Decimal(in_rate),
+                       output_rate=Decimal(out_rate), list_input_rate=Decimal(in_rate), list_output_rate=Decimal(out_rate))
+
+
+def usage(charge: int, *, prompt: int = 10, completion: int = 5, source: str = "provider",
+          list_price: int | None = None) -> Settlement:
+    return Settlement(prompt_tokens=prompt, completion_tokens=completion, charge=charge,
+                      list_price=charge if list_price is None else list_price, usage_source=source,
+                      model="fake-small", provider="openai", deployment="dep-1")
+
+
+async def violations(conn: asyncpg.Connection) -> list[str]:
+    rows = await conn.fetch("SELECT invariant, subject FROM creditgate.invariant_violations")
+    return [f"{r['invariant']} {r['subject']}" for r in rows]
+
+
+async def pool_state(conn: asyncpg.Connection, org: str) -> tuple[int, int, int, int]:
+    r = await conn.fetchrow("SELECT granted, posted, pending, overage FROM creditgate.pools WHERE org_id = $1", org)
+    assert r is not None
+    return r["granted"], r["posted"], r["pending"], r["overage"]
+
+
+def run(coro: object) -> object:
+    return asyncio.get_event_loop().run_until_complete(coro)  # type: ignore[arg-type]
