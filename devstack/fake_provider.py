@@ -85,13 +85,20 @@ class FakeProvider:
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_post("/v1/images/generations", self.images)
         app.router.add_get("/v1/models", self.models)
-        app.router.add_get("/_health", lambda _: web.json_response({"status": "ok"}))
-        app.router.add_get("/_requests", lambda _: web.Response(body=orjson.dumps(self.requests),
-                                                                 content_type="application/json"))
-        app.router.add_get("/_streams", lambda _: web.Response(body=orjson.dumps(self.streams),
-                                                                content_type="application/json"))
+        app.router.add_get("/_health", self.health)
+        app.router.add_get("/_requests", self.seen_requests)
+        app.router.add_get("/_streams", self.seen_streams)
         app.router.add_post("/_reset", self.reset)
         return app
+
+    async def health(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def seen_requests(self, _: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps(self.requests), content_type="application/json")
+
+    async def seen_streams(self, _: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps(self.streams), content_type="application/json")
 
     async def reset(self, _: web.Request) -> web.Response:
         self.requests.clear()
@@ -109,7 +116,8 @@ class FakeProvider:
             body = orjson.loads(raw) if raw else {}
         except orjson.JSONDecodeError:
             body = {"_unparsed": raw.decode("utf-8", "replace")}
-        self.requests.append({"path": request.path, "headers": dict(request.headers), "body": body})
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        self.requests.append({"path": request.path, "headers": headers, "body": body})
         if not isinstance(body, dict):
             return {}, web.Response(status=400, body=error_body("body must be an object", "invalid_request_error",
                                                                 None), content_type="application/json")
@@ -140,6 +148,10 @@ class FakeProvider:
         if body.get("stream"):
             return await self._stream(request, body, base, texts, finish, n, usage, chat, delay)
         await asyncio.sleep(delay * len(texts))
+        if body.get("fake_fail_after") is not None:
+            assert request.transport is not None
+            request.transport.abort()  # died before answering
+            return web.Response(status=500)
         text = "".join(texts)
         if chat:
             choices = [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish}

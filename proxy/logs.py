@@ -1,0 +1,113 @@
+"""JSON-lines logs on stderr, and the outermost middleware: request id, access line, request metrics.
+
+`AccessLog` gives every HTTP request a `RequestInfo` in `scope["creditgate"]` (request id: the
+client's safe `X-Request-Id` or a generated `req_…`), adds `x-request-id` to every response (errors,
+404s and health included) and, when the response ends, writes one access line (request_id, route,
+status, duration_ms, model; never a key, a body or a raw query) and counts the request.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from proxy.headers import request_id
+from proxy.metrics import Metrics
+
+_HANDLER_NAME = "creditgate-json"
+_STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, any `extra` fields, and exc when present."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                line[key] = value
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(line, default=str).decode()
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Route the `creditgate` loggers to stderr as JSON lines (idempotent)."""
+    root = logging.getLogger("creditgate")
+    root.setLevel(level)
+    root.propagate = False
+    if not any(h.get_name() == _HANDLER_NAME for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.set_name(_HANDLER_NAME)
+        handler.setFormatter(JsonFormatter())
+        root.addHandler(handler)
+
+
+class RequestInfo:
+    """What the access line needs, filled in as the request goes (the passthrough sets `model`)."""
+
+    __slots__ = ("from_client", "model", "request_id", "route", "status")
+
+    def __init__(self, request_id_value: str, from_client: bool) -> None:
+        self.request_id = request_id_value
+        self.from_client = from_client
+        self.route: str | None = None
+        self.model: str | None = None
+        self.status = 0
+
+
+def request_info(scope: Scope) -> RequestInfo:
+    """The request's RequestInfo, created here when no AccessLog middleware ran (bench, tests)."""
+    info = scope.get("creditgate")
+    if info is None:
+        raw = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
+        info = scope["creditgate"] = RequestInfo(*request_id(raw))
+    return info
+
+
+class AccessLog:
+    """Pure ASGI middleware; wraps every HTTP request of the app."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.log = logging.getLogger("creditgate.access")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        info = request_info(scope)
+        header = (b"x-request-id", info.request_id.encode("ascii"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                info.status = message["status"]
+                headers = list(message.get("headers", ()))
+                if not any(k.lower() == b"x-request-id" for k, _ in headers):
+                    headers.append(header)
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            route = scope.get("route")
+            label = info.route or (getattr(route, "path", None) if route is not None else None) or "unmatched"
+            seconds = time.perf_counter() - started
+            self.metrics.request(label, info.status or 500, seconds)
+            self.log.info("request", extra={
+                "request_id": info.request_id, "method": scope["method"], "route": label,
+                "status": info.status or 500, "duration_ms": round(seconds * 1000, 3), "model": info.model,
+            })

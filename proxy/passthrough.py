@@ -1,0 +1,195 @@
+"""The billed hot path: a plain ASGI endpoint from client request to LiteLLM and back.
+
+Per request: read the body (bounded), parse it once, build a RequestContext, then inside
+`async with ctx.cleanup` run the policy chain and forward. Streams are relayed chunk by chunk as they
+arrive (a StreamTap observes usage and text); non-stream answers are read whole, settled through
+`ctx.settle_now` and only then sent. Every failure is a ProxyError rendered in one place; after the
+first byte it becomes a final `data: {"error": ...}` event without `[DONE]`. A client that leaves
+mid-stream makes us close the LiteLLM connection at once; a non-stream answer is still read (for
+at most `nonstream_drain_seconds`) so its real usage is known. Cleanup runs on every path.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import aiohttp
+from starlette.types import Receive, Scope, Send
+
+from proxy.context import Policy, RequestContext
+from proxy.errors import ProxyError
+from proxy.headers import RawHeaders, bearer_token, client_response_headers, gateway_headers
+from proxy.logs import request_info
+from proxy.metrics import Metrics
+from proxy.request_body import ClientGone, observe_answer, parse_request, read_body
+from proxy.settings import Secret, Settings
+from proxy.sse import StreamTap
+from proxy.upstream import Upstream, upstream_body
+from proxy.upstream_errors import from_client_error, from_litellm
+from proxy.watch import DisconnectWatch
+
+log = logging.getLogger("creditgate.passthrough")
+_STREAM_HEADERS: RawHeaders = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+
+
+class Passthrough:
+    """ASGI endpoint for one OpenAI route (`route` is e.g. "chat/completions")."""
+
+    def __init__(self, route: str, upstream: Upstream, settings: Settings, metrics: Metrics) -> None:
+        self.route = route
+        self.path = "/v1/" + route
+        self.upstream = upstream
+        self.settings = settings
+        self.metrics = metrics
+        self.policies: Sequence[Policy] = ()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        info = request_info(scope)
+        info.route = scope["route"].path if "route" in scope else self.path
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            raw = await read_body(scope, receive, self.settings.max_body_bytes)
+            body, stream = parse_request(raw, self.route)
+        except ProxyError as err:
+            self.metrics.rejected(err.code)
+            await _send_error(send, err, info.request_id, {})
+            return
+        except ClientGone:
+            info.status = 499  # nginx's "client closed request": nothing was sent
+            return
+        token = bearer_token(headers.get("authorization", "").encode("latin-1"))
+        ctx = RequestContext(
+            request_id=info.request_id, route=self.route, headers=headers, body=body,
+            api_key=Secret(token) if token else None, request_id_from_client=info.from_client, stream=stream,
+            client_wants_usage=stream and (body.get("stream_options") or {}).get("include_usage") is True,
+        )
+        info.model = str(body["model"])
+        waited = 0.0
+        async with ctx.cleanup:
+            try:
+                for policy in self.policies:
+                    await policy(ctx)
+            except ProxyError as err:
+                ctx.failure = ctx.failure or err.code
+                self.metrics.rejected(err.code)
+                await _send_error(send, err, ctx.request_id, ctx.response_headers)
+                return
+            info.model = ctx.model or info.model
+            try:
+                waited = await self._forward(ctx, receive, send)
+            except ProxyError as err:
+                await self._fail(ctx, send, err)
+            except Exception:
+                log.exception("passthrough failed", extra={"request_id": ctx.request_id})
+                await self._fail(ctx, send, ProxyError.upstream_failed())
+        self.metrics.timing(info.route, waited, time.perf_counter() - started - waited)
+
+    async def _forward(self, ctx: RequestContext, receive: Receive, send: Send) -> float:
+        """Send the request to LiteLLM and relay its answer; returns the seconds spent waiting on it."""
+        payload = upstream_body(ctx)
+        watch = DisconnectWatch(ctx, self.settings.nonstream_drain_seconds)
+        watch.start(receive)
+        resp: aiohttp.ClientResponse | None = None
+        clean = False
+        try:
+            async with watch:
+                began = time.perf_counter()
+                resp = await self.upstream.post(self.path, payload)
+                watch.response = resp
+                ctx.upstream_status = resp.status
+                ctx.deployment_id = resp.headers.get("x-litellm-model-id")
+                if resp.status != 200:
+                    raise from_litellm(resp.status, await resp.read(), resp.headers, ctx)
+                if ctx.stream and resp.content_type == "text/event-stream":
+                    waited = time.perf_counter() - began
+                    waited += await self._relay(ctx, resp, send, watch)
+                    clean = not watch.disconnected
+                    return waited
+                raw = await resp.read()
+                waited = time.perf_counter() - began
+            clean = True
+            await self._answer(ctx, resp, raw, send, watch)
+            return waited
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise from_client_error(exc) from exc
+        finally:
+            watch.stop()
+            if resp is not None:
+                resp.release() if clean else resp.close()
+
+    async def _relay(self, ctx: RequestContext, resp: aiohttp.ClientResponse, send: Send,
+                     watch: DisconnectWatch) -> float:
+        """Relay an SSE answer chunk by chunk; returns the seconds spent waiting for chunks."""
+        tap = StreamTap(ctx)
+        head = client_response_headers(resp.raw_headers) + _STREAM_HEADERS
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": head + gateway_headers(ctx.request_id, ctx.response_headers)})
+        ctx.response_started = True
+        self.metrics.active_streams.inc()
+        waited = 0.0
+        content = resp.content
+        try:
+            while True:
+                t = time.perf_counter()
+                try:
+                    chunk = await content.readany()
+                except (TimeoutError, aiohttp.ClientError):
+                    if watch.disconnected:
+                        return waited
+                    raise
+                waited += time.perf_counter() - t
+                if not chunk:
+                    break
+                out = tap.feed(chunk)
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            if watch.disconnected:
+                return waited
+            out = tap.leftover()
+            if not tap.saw_done or tap.upstream_error is not None:
+                ctx.upstream_error = tap.upstream_error
+                raise ProxyError.upstream_failed()
+            watch.done = True
+            await send({"type": "http.response.body", "body": out, "more_body": False})
+            return waited
+        finally:
+            self.metrics.active_streams.dec()
+
+    async def _answer(self, ctx: RequestContext, resp: aiohttp.ClientResponse, raw: bytes, send: Send,
+                      watch: DisconnectWatch) -> None:
+        """Record usage of a whole answer, settle it, then send it (headers carry the settlement)."""
+        body = observe_answer(ctx, raw)
+        if ctx.settle_now is not None:
+            await ctx.settle_now()
+        head = client_response_headers(resp.raw_headers)
+        head += gateway_headers(ctx.request_id, ctx.response_headers)
+        head.append((b"content-length", str(len(body)).encode()))
+        watch.done = True
+        ctx.response_started = True
+        await send({"type": "http.response.start", "status": 200, "headers": head})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def _fail(self, ctx: RequestContext, send: Send, err: ProxyError) -> None:
+        """Render a failure after the chain admitted the request (counted as an upstream error)."""
+        if ctx.failure == "client_disconnected":
+            return
+        self.metrics.upstream_error(err.code)
+        if ctx.response_started:
+            ctx.failure = "upstream_failed"
+            event = b"data: " + err.to_bytes() + b"\n\n"
+            await send({"type": "http.response.body", "body": event, "more_body": False})
+            return
+        ctx.failure = err.code
+        await _send_error(send, err, ctx.request_id, ctx.response_headers)
+
+
+async def _send_error(send: Send, err: ProxyError, request_id_value: str, extra: dict[str, str]) -> None:
+    """The contract's error JSON with its status and headers, plus x-request-id."""
+    body = err.to_bytes()
+    headers = gateway_headers(request_id_value, {**extra, **err.headers})
+    headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -1,0 +1,126 @@
+"""Reading and checking the client's JSON body, and observing LiteLLM's whole (non-stream) answer.
+
+Every malformed input is a 400/413 ProxyError, never a 500: body over the limit -> 413
+`body_too_large` (Content-Length checked first, then bytes counted); not JSON -> `invalid_json`;
+not an object or a wrongly typed field -> `invalid_value` with `param`; no `model` (or no
+`messages` / `prompt` / `input` for the route) -> `missing_field`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.types import Receive, Scope
+
+from proxy.context import RequestContext
+from proxy.errors import ProxyError
+from proxy.sse import strip_cost, usage_from
+
+_REQUIRED = {"chat/completions": "messages", "completions": "prompt", "embeddings": "input",
+             "images/generations": "prompt"}
+_POSITIVE_INTS = ("n", "max_tokens", "max_completion_tokens", "best_of")
+# After answering 413 we still read (and drop) this much of an oversized body, so the client gets
+# the answer instead of a reset connection while it is still writing.
+_DRAIN_LIMIT = 64 * 1024 * 1024
+
+
+class ClientGone(Exception):
+    """The client disconnected before its body was read."""
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole request body, at most `limit` bytes (else 413 body_too_large)."""
+    declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        await _drain(receive, int(declared))
+        raise ProxyError.body_too_large(limit)
+    parts: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        more = message.get("more_body", False)
+        if size > limit:
+            if more:
+                await _drain(receive, _DRAIN_LIMIT)
+            raise ProxyError.body_too_large(limit)
+        parts.append(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def _drain(receive: Receive, budget: int) -> None:
+    seen = 0
+    while seen <= min(budget, _DRAIN_LIMIT):
+        message = await receive()
+        seen += len(message.get("body", b""))
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            return
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def parse_request(raw: bytes, route: str) -> tuple[dict[str, Any], bool]:
+    """The body as a dict and whether it asks for a stream; raises ProxyError on bad input."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ProxyError.invalid_json() from None
+    if not isinstance(body, dict):
+        raise ProxyError.invalid_value(None, "The request body must be a JSON object.")
+    model = body.get("model")
+    if model is None:
+        raise ProxyError.missing_field("model")
+    if not isinstance(model, str) or not model.strip():
+        raise ProxyError.invalid_value("model", "'model' must be a non-empty string.")
+    required = _REQUIRED[route]
+    if body.get(required) is None:
+        raise ProxyError.missing_field(required)
+    if route == "chat/completions":
+        messages = body["messages"]
+        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+            raise ProxyError.invalid_value("messages", "'messages' must be a non-empty list of message objects.")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise ProxyError.invalid_value("stream", "'stream' must be a boolean.")
+    for name in _POSITIVE_INTS:
+        if body.get(name) is not None and not _positive_int(body[name]):
+            raise ProxyError.invalid_value(name, f"'{name}' must be a positive integer.")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise ProxyError.invalid_value("stream_options", "'stream_options' must be an object.")
+    if isinstance(options, dict) and options.get("include_usage") not in (None, True, False):
+        raise ProxyError.invalid_value("stream_options.include_usage", "'include_usage' must be a boolean.")
+    if route in ("embeddings", "images/generations") and stream:
+        raise ProxyError.invalid_value("stream", f"Streaming is not supported for /{route}.")
+    return body, stream is True
+
+
+def observe_answer(ctx: RequestContext, raw: bytes) -> bytes:
+    """Record usage (and the image count) of a whole answer; returns the bytes for the client,
+    without LiteLLM's cost fields. A 200 that is not a JSON object is an upstream failure."""
+    try:
+        answer = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise ProxyError.upstream_failed("The model service returned an unreadable answer.")
+    usage = answer.get("usage")
+    ctx.usage = usage_from(usage)
+    if ctx.route == "images/generations" and isinstance(answer.get("data"), list):
+        ctx.image_count = len(answer["data"])
+    changed = False
+    if isinstance(usage, dict) and any("cost" in k for k in usage):
+        answer["usage"] = strip_cost(usage)
+        changed = True
+    for key in ("response_cost", "_hidden_params"):
+        if key in answer:
+            del answer[key]
+            changed = True
+    return orjson.dumps(answer) if changed else raw
