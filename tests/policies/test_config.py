@@ -164,7 +164,7 @@ def test_chat_prompt_count_and_bound(counter: TokenCounter) -> None:
     expected = (
         REPLY_PRIMING
         + 2 * MESSAGE_OVERHEAD
-        + 2 * counter.count("system")
+        + counter.count("system")
         + counter.count("Be brief.")
         + counter.count("user")
         + counter.count("hello world")
