@@ -46,6 +46,16 @@ class FakeLedger:
     entries_rows: list[Row] = field(default_factory=list)
     calls: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
 
+    async def grant(self, org_id: str, amount: int, reason: str, idempotency_key: str, expires_at: datetime | None,
+                    actor: str) -> Row:
+        raise AssertionError("caller routes never grant")
+
+    async def adjust(self, org_id: str, amount: int, reason: str, idempotency_key: str, actor: str) -> Row:
+        raise AssertionError("caller routes never adjust")
+
+    async def pool(self, org_id: str) -> Row:
+        raise AssertionError("caller routes read credits(), not pool()")
+
     async def credits(self, org_id: str, user_id: str) -> Row:
         self.calls.append(("credits", (org_id, user_id)))
         return {"org_id": org_id, "pool": {"balance": 1000, "held": 10, "available": 990},
