@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
@@ -59,7 +58,8 @@ def hold(org: str, user: str, rid: str, amount: int, *, prompt: int = 10, in_rat
          out_rate: str = "2", byok: bool = False) -> HoldRequest:
     return HoldRequest(org_id=org, user_id=user, key_id="key_test", request_id=rid, amount=amount,
                        model="fake-small", byok=byok, prompt_tokens=prompt, input_rate=Decimal(in_rate),
-                       output_rate=Decimal(out_rate), list_input_rate=Decimal(in_rate), list_output_rate=Decimal(out_rate))
+                       output_rate=Decimal(out_rate), list_input_rate=Decimal(in_rate),
+                       list_output_rate=Decimal(out_rate))
 
 
 def usage(charge: int, *, prompt: int = 10, completion: int = 5, source: str = "provider",
@@ -80,5 +80,7 @@ async def pool_state(conn: asyncpg.Connection, org: str) -> tuple[int, int, int,
     return r["granted"], r["posted"], r["pending"], r["overage"]
 
 
-def run(coro: object) -> object:
-    return asyncio.get_event_loop().run_until_complete(coro)  # type: ignore[arg-type]
+async def set_clock_to(conn: asyncpg.Connection, target: object) -> None:
+    """Skew the database clock so `creditgate.now()` reads `target` (a datetime) right now."""
+    await conn.execute("DELETE FROM creditgate.clock_skew")
+    await conn.execute("INSERT INTO creditgate.clock_skew (skew) VALUES ($1::timestamptz - pg_catalog.now())", target)
