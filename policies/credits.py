@@ -22,7 +22,17 @@ from fractions import Fraction
 
 from policies.model import OUTPUT_CAPS
 from proxy import pricing
-from proxy.context import ESTIMATE, PROVIDER, Hold, HoldRequest, Ledger, RequestContext, Settlement, SettleResult
+from proxy.context import (
+    ESTIMATE,
+    PROVIDER,
+    Hold,
+    HoldRequest,
+    Ledger,
+    OutputMeter,
+    RequestContext,
+    Settlement,
+    SettleResult,
+)
 from proxy.errors import ProxyError
 from proxy.policy_config import PolicyConfig
 from proxy.pricing import Catalogue, Model
@@ -67,6 +77,8 @@ class ReserveCredits:
         if not model.priced() and not ctx.byok:
             raise ProxyError.permission("model_not_priced", f"The model '{model.name}' has no price configured.")
         ctx.prompt_tokens = self._counter.prompt_tokens(ctx.route, ctx.body)
+        if ctx.meter.chunks == 0:  # count streamed output with the same tokenizer as the prompt
+            ctx.meter = OutputMeter(self._counter.count)
         cpu, factor = self._policy.credits_per_usd, (1 + tier.markup) * ctx.multiplier
         amount = 0 if ctx.byok else pricing.charge(_bound_usd(ctx, model), cpu, tier.markup, ctx.multiplier)
         rates = pricing.millicredit_rates(model.highest, cpu, Decimal(0) if ctx.byok else factor)
@@ -224,7 +236,10 @@ class _Settle:
             prompt = ctx.usage.prompt_tokens if ctx.usage else 0
             completion = ctx.usage.completion_tokens if ctx.usage else 0
             return self._settlement(PROVIDER, prompt, completion, (ctx.image_count or 0) if images else 0)
-        if ctx.meter.chunks > 0 or ctx.response_started:
+        # a 200 whose answer had no usage was still served (a non-stream answer is settled before it
+        # is sent, so response_started is not set yet); a stream that broke was served up to the break
+        answered = ctx.upstream_status is not None and ctx.failure in (None, "client_disconnected")
+        if ctx.meter.chunks > 0 or ctx.response_started or answered:
             completion = 0 if images else ctx.meter.tokens()
             return self._settlement(ESTIMATE, ctx.prompt_tokens, completion, _count(ctx.body, "n") if images else 0)
         return None

@@ -1,0 +1,231 @@
+"""ReserveCredits: the exact hold and charge per power level x tier, and settle / estimate / void on
+every path, exactly once. Expected amounts are computed here from the contract's formula with
+Fractions over the prices' text in litellm_config.yaml, independently of proxy/pricing.py."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+
+import pytest
+
+from policies.credits import ReserveCredits
+from policies.model import RewriteModel
+from proxy.context import ApiKey, RequestContext, Settlement, Usage
+from proxy.errors import ProxyError
+from proxy.policy_config import PolicyConfig
+from proxy.pricing import Catalogue
+from proxy.tokens import TokenCounter
+
+from .fakes import FakeLedger, make_ctx, member
+
+# (input, output) USD per token, as written in litellm_config.yaml
+PRICES = {
+    "fake-small": ("0.00000005", "0.0000001"),
+    "fake-medium": ("0.0000006", "0.0000012"),
+    "fake-large": ("0.0000025", "0.00001"),
+    "fake-gpt-4o-mini": ("0.00000015", "0.0000006"),
+    "mock-gpt": ("0.0000005", "0.0000015"),
+    "fake-multi-a": ("0.000001", "0.000002"),
+    "fake-multi-b": ("0.000002", "0.000004"),
+}
+MARKUP = {"free": "0.0", "starter": "0.4", "professional": "0.6", "enterprise": "0.8"}
+MULTIPLIER = {"eco": "0.1", "balanced": "0.25", "precision": "1.0"}
+MESSAGES = [{"role": "user", "content": "Count to three, please."}]
+
+
+def expected(prices: tuple[str, str], prompt: int, completion: int, tier: str, level: str | None) -> int:
+    usd = prompt * Fraction(prices[0]) + completion * Fraction(prices[1])
+    factor = (1 + Fraction(MARKUP[tier])) * (Fraction(MULTIPLIER[level]) if level else 1)
+    return math.ceil(usd * 1000 * 1000 * factor)
+
+
+def prompt_bound(counted: int) -> int:
+    return math.ceil(Fraction(counted) * Fraction(3, 2)) + 64
+
+
+Records = list[tuple[str, Settlement | None]]
+
+
+def credits_for(ledger: FakeLedger, policy: PolicyConfig, catalogue: Catalogue, counter: TokenCounter,
+                records: Records | None = None, **kw: Any) -> ReserveCredits:
+    def record(outcome: str, settlement: Settlement | None) -> None:
+        if records is not None:
+            records.append((outcome, settlement))
+
+    return ReserveCredits(ledger, policy, catalogue, counter, record=record, retry_seconds=2.0, **kw)
+
+
+async def admitted(policy: PolicyConfig, catalogue: Catalogue, body: dict[str, Any], *, tier: str = "starter",
+                   level: str = "balanced", route: str = "chat/completions", byok: bool = False) -> RequestContext:
+    ctx = make_ctx(body, route=route, x_power_level=level)
+    ctx.stream = body.get("stream") is True
+    ctx.key = ApiKey("key_1", "usr_1", None, False)
+    ctx.membership = member("org_a", tier=tier)
+    await RewriteModel(policy, catalogue)(ctx)
+    ctx.byok = byok
+    return ctx
+
+
+Serve = Callable[[RequestContext], Awaitable[None]]
+
+
+async def run(credits: ReserveCredits, ctx: RequestContext, serve: Serve) -> None:
+    """What the passthrough does: the chain's last policy, then forwarding, inside ctx.cleanup."""
+    async with ctx.cleanup:
+        await credits(ctx)
+        await serve(ctx)
+
+
+def answered(usage: Usage | None, deployment: str | None = None) -> Serve:
+    async def serve(ctx: RequestContext) -> None:
+        ctx.upstream_status, ctx.deployment_id, ctx.usage = 200, deployment, usage
+        if not ctx.stream and ctx.settle_now is not None:
+            await ctx.settle_now()
+        ctx.response_started = True
+
+    return serve
+
+
+LEVEL_MODELS = {  # a model of each level that each tier may use
+    ("eco", "free"): "fake-small", ("balanced", "free"): "fake-gpt-4o-mini", ("precision", "free"): "mock-gpt",
+    ("eco", "paid"): "fake-small", ("balanced", "paid"): "fake-medium", ("precision", "paid"): "fake-large",
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("tier", ["free", "starter", "professional", "enterprise"])
+@pytest.mark.parametrize("level", ["eco", "balanced", "precision"])
+async def test_exact_hold_and_charge_per_level_and_tier(
+    policy: PolicyConfig, catalogue: Catalogue, counter: TokenCounter, ledger: FakeLedger,
+    level: str, tier: str, stream: bool,
+) -> None:
+    model = LEVEL_MODELS[(level, "free" if tier == "free" else "paid")]
+    body: dict[str, Any] = {"model": model, "messages": MESSAGES, "stream": stream}
+    ctx = await admitted(policy, catalogue, body, tier=tier, level=level)
+    charged_level = "eco" if model == "mock-gpt" else level  # mock-gpt is an eco model
+    cap = {"eco": 2000, "balanced": 4000, "precision": 4096 if model == "mock-gpt" else 16000}[level]
+    counted = counter.prompt_tokens("chat/completions", ctx.body)
+    await run(credits_for(ledger, policy, catalogue, counter), ctx, answered(Usage(17, 230)))
+
+    hold = expected(PRICES[model], prompt_bound(counted), cap, tier, charged_level)
+    charge = expected(PRICES[model], 17, 230, tier, charged_level)
+    assert ledger.holds[0].amount == hold
+    assert ctx.response_headers["X-Credits-Held"] == str(hold)
+    ((org, rid, settlement),) = ledger.settled
+    assert (org, rid) == ("org_a", "req_test")
+    assert settlement == Settlement(17, 230, charge, expected(PRICES[model], 17, 230, "free", None), "provider",
+                                    model, "openai", None)
+    assert ctx.settled and ledger.voided == []
+    if not stream:
+        assert ctx.response_headers["X-Credits-Charged"] == str(charge)
+        assert ctx.response_headers["X-Credits-Remaining"] == "123456"
+
+
+async def test_hold_request_carries_exact_rates(
+    policy: PolicyConfig, catalogue: Catalogue, counter: TokenCounter, ledger: FakeLedger
+) -> None:
+    ctx = await admitted(policy, catalogue, {"model": "fake-small", "messages": MESSAGES}, tier="starter", level="eco")
+    await run(credits_for(ledger, policy, catalogue, counter), ctx, answered(Usage(1, 1)))
+    request = ledger.holds[0]
+    # 0.00000005 USD * 1e6 millicredits/USD * 1.4 * 0.1 = 0.007 millicredits per input token
+    assert (request.input_rate, request.output_rate) == (Decimal("0.007"), Decimal("0.014"))
+    assert (request.list_input_rate, request.list_output_rate) == (Decimal("0.05"), Decimal("0.1"))
+    assert (request.org_id, request.user_id, request.key_id, request.model, request.byok) == (
+        "org_a", "usr_1", "key_1", "fake-small", False)
+    assert request.prompt_tokens == ctx.prompt_tokens == counter.prompt_tokens("chat/completions", ctx.body)
+
+
+async def test_n_best_of_and_prompt_lists_multiply_the_output_bound(
+    policy: PolicyConfig, catalogue: Catalogue, counter: TokenCounter, ledger: FakeLedger
+) -> None:
+    body = {"model": "fake-medium", "prompt": ["one", "two", "three"], "max_tokens": 100, "n": 2, "best_of": 4}
+    ctx = await admitted(policy, catalogue, body, route="completions")
+    await run(credits_for(ledger, policy, catalogue, counter), ctx, answered(Usage(3, 5)))
+    counted = counter.prompt_tokens("completions", ctx.body)
+    assert ledger.holds[0].amount == expected(PRICES["fake-medium"], prompt_bound(counted), 100 * 4 * 3,
+                                              "starter", "balanced")
+
+
+async def test_multi_deployment_held_at_highest_settled_at_answering_price(
+    policy: PolicyConfig, catalogue: Catalogue, counter: TokenCounter, ledger: FakeLedger
+) -> None:
+    credits = credits_for(ledger, policy, catalogue, counter)
+    for deployment, priced_as in [("fake-multi-a", "fake-multi-a"), ("fake-multi-b", "fake-multi-b"),
+                                  ("unknown-id", "fake-multi-b")]:
+        ctx = await admitted(policy, catalogue, {"model": "fake-multi", "messages": MESSAGES, "max_tokens": 10})
+        ctx.request_id = f"req_{deployment}"
+        await run(credits, ctx, answered(Usage(1000, 500), deployment))
+        counted = counter.prompt_tokens("chat/completions", ctx.body)
+        assert ledger.holds[-1].amount == expected(PRICES["fake-multi-b"], prompt_bound(counted), 10,
+                                                   "starter", "balanced")
+        settlement = ledger.settled[-1][2]
+        assert settlement.charge == expected(PRICES[priced_as], 1000, 500, "starter", "balanced")
+        assert settlement.deployment == deployment
+
+
+async def test_embeddings_and_images(
+    policy: PolicyConfig, catalogue: Catalogue, counter: TokenCounter, ledger: FakeLedger
+) -> None:
+    credits = credits_for(ledger, policy, catalogue, counter)
+    ctx = await admitted(policy, catalogue, {"model": "fake-embed", "input": "hello world"}, route="embeddings")
+    await run(credits, ctx, answered(Usage(2, 0)))
+    assert ledger.holds[-1].amount == math.ceil((2 * 3 // 2 + 64) * Fraction("0.00000002") * 10**6 * Fraction("1.4"))
+    assert ledger.settled[-1][2].charge == math.ceil(2 * Fraction("0.00000002") * 10**6 * Fraction("1.4"))
+
+    ctx = await admitted(policy, catalogue, {"model": "fake-image", "prompt": "a cat", "n": 3},
+                         route="images/generations", tier="enterprise")
+    ctx.request_id = "req_image"
+
+    async def images(ctx: RequestContext) -> None:
+        ctx.upstream_status, ctx.image_count = 200, 2
+        assert ctx.settle_now is not None
+        await ctx.settle_now()
+
+    await run(credits, ctx, images)
+    per_image = Fraction("0.04") * 10**6 * Fraction("1.8")  # multiplier 1: no level lists fake-image
+    assert ledger.holds[-1].amount == math.ceil(3 * per_image)
+    settlement = ledger.settled[-1][2]
+    assert (settlement.charge, settlement.list_price) == (math.ceil(2 * per_image), 80_000)
+
+
+async def test_byok_holds_zero_and_records_list_price(
+    policy: PolicyConfig, catalogue: Catalogue, counter: TokenCounter, ledger: FakeLedger
+) -> None:
+    ctx = await admitted(policy, catalogue, {"model": "byok-gpt", "messages": MESSAGES}, level="precision", byok=True)
+    await run(credits_for(ledger, policy, catalogue, counter), ctx, answered(Usage(100, 200)))
+    request = ledger.holds[0]
+    assert (request.amount, request.byok, request.input_rate, request.output_rate) == (0, True, 0, 0)
+    assert (request.list_input_rate, request.list_output_rate) == (Decimal("2.5"), Decimal(10))
+    settlement = ledger.settled[0][2]
+    assert (settlement.charge, settlement.list_price) == (0, 2250)  # 100 * 2.5 + 200 * 10 millicredits
+    assert ctx.response_headers["X-Credits-Held"] == "0"
+
+
+async def test_unpriced_model_refused_unless_byok(
+    policy: PolicyConfig, catalogue: Catalogue, counter: TokenCounter, ledger: FakeLedger
+) -> None:
+    credits = credits_for(ledger, policy, catalogue, counter)
+    ctx = await admitted(policy, catalogue, {"model": "unpriced-model", "messages": MESSAGES})
+    with pytest.raises(ProxyError) as info:
+        await run(credits, ctx, answered(Usage(1, 1)))
+    assert (info.value.status, info.value.code) == (403, "model_not_priced")
+    assert ledger.holds == []
+    ctx = await admitted(policy, catalogue, {"model": "unpriced-model", "messages": MESSAGES}, byok=True)
+    await run(credits, ctx, answered(Usage(5, 5)))
+    assert ledger.holds[0].amount == 0
+    assert (ledger.settled[0][2].charge, ledger.settled[0][2].list_price) == (0, 0)
+
+
+async def test_ledger_refusal_leaves_nothing_to_settle(
+    policy: PolicyConfig, catalogue: Catalogue, counter: TokenCounter, ledger: FakeLedger
+) -> None:
+    ledger.reserve_error = ProxyError.insufficient_credits("org_pool_exhausted", "The pool is empty.")
+    ctx = await admitted(policy, catalogue, {"model": "fake-small", "messages": MESSAGES})
+    with pytest.raises(ProxyError) as info:
+        await run(credits_for(ledger, policy, catalogue, counter), ctx, answered(Usage(1, 1)))
+    assert info.value.code == "org_pool_exhausted"
+    assert (ctx.hold, ledger.settled, ledger.voided, ctx.settle_now) == (None, [], [], None)

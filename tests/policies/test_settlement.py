@@ -1,0 +1,225 @@
+"""Settle vs estimate vs void on every path, exactly once: success, upstream error, a client that
+leaves mid-stream, a cancelled request task, an unavailable ledger, and the stream's checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+
+from policies.credits import ReserveCredits
+from proxy.context import RequestContext, Settlement, Usage
+from proxy.errors import ProxyError
+from proxy.policy_config import PolicyConfig
+from proxy.pricing import Catalogue
+from proxy.tokens import TokenCounter
+
+from .fakes import FakeLedger
+from .test_credits import MESSAGES, PRICES, Records, admitted, answered, credits_for, expected, run
+
+
+@pytest.fixture
+def records() -> Records:
+    return []
+
+
+@pytest.fixture
+def credits(
+    ledger: FakeLedger, policy: PolicyConfig, catalogue: Catalogue, counter: TokenCounter, records: Records
+) -> ReserveCredits:
+    return credits_for(ledger, policy, catalogue, counter, records, checkpoint_seconds=0.05)
+
+
+async def chat(policy: PolicyConfig, catalogue: Catalogue, *, stream: bool = False) -> RequestContext:
+    body: dict[str, Any] = {"model": "fake-medium", "messages": MESSAGES, "stream": stream}
+    return await admitted(policy, catalogue, body)
+
+
+async def test_upstream_error_before_output_voids(
+    credits: ReserveCredits, ledger: FakeLedger, policy: PolicyConfig, catalogue: Catalogue, records: Records
+) -> None:
+    ctx = await chat(policy, catalogue)
+
+    async def error(ctx: RequestContext) -> None:
+        ctx.upstream_status, ctx.failure = 429, "rate_limited"
+        raise ProxyError.rate_limited(1)
+
+    with pytest.raises(ProxyError):
+        await run(credits, ctx, error)
+    assert (ledger.voided, ledger.settled, records) == ([("org_a", "req_test")], [], [("voided", None)])
+    assert ctx.settled and "X-Credits-Charged" not in ctx.response_headers
+
+
+async def test_upstream_unreachable_voids(
+    credits: ReserveCredits, ledger: FakeLedger, policy: PolicyConfig, catalogue: Catalogue
+) -> None:
+    ctx = await chat(policy, catalogue, stream=True)
+
+    async def unreachable(ctx: RequestContext) -> None:
+        ctx.failure = "upstream_unreachable"
+
+    await run(credits, ctx, unreachable)
+    assert (ledger.voided, ledger.settled) == ([("org_a", "req_test")], [])
+
+
+async def test_client_leaving_mid_stream_is_an_estimate(
+    credits: ReserveCredits, ledger: FakeLedger, policy: PolicyConfig, catalogue: Catalogue, counter: TokenCounter
+) -> None:
+    ctx = await chat(policy, catalogue, stream=True)
+    pieces = ["One", ", two", ", three", " and"]
+
+    async def leaves(ctx: RequestContext) -> None:
+        ctx.upstream_status, ctx.response_started = 200, True
+        for piece in pieces:
+            ctx.meter.feed(piece)
+        ctx.failure = "client_disconnected"
+
+    await run(credits, ctx, leaves)
+    completion = counter.count("".join(pieces))
+    ((_, _, settlement),) = ledger.settled
+    assert settlement == Settlement(
+        ctx.prompt_tokens, completion, expected(PRICES["fake-medium"], ctx.prompt_tokens, completion, "starter",
+                                                "balanced"),
+        expected(PRICES["fake-medium"], ctx.prompt_tokens, completion, "free", None), "estimate", "fake-medium",
+        "openai", None,
+    )
+    assert completion == 6 and ledger.voided == []
+
+
+async def test_stream_broken_before_any_chunk_charges_the_prompt(
+    credits: ReserveCredits, ledger: FakeLedger, policy: PolicyConfig, catalogue: Catalogue
+) -> None:
+    ctx = await chat(policy, catalogue, stream=True)
+
+    async def broken(ctx: RequestContext) -> None:
+        ctx.upstream_status, ctx.response_started, ctx.failure = 200, True, "upstream_failed"
+
+    await run(credits, ctx, broken)
+    settlement = ledger.settled[0][2]
+    assert (settlement.usage_source, settlement.prompt_tokens, settlement.completion_tokens) == (
+        "estimate", ctx.prompt_tokens, 0)
+
+
+async def test_answer_without_usage_is_still_charged(
+    credits: ReserveCredits, ledger: FakeLedger, policy: PolicyConfig, catalogue: Catalogue
+) -> None:
+    ctx = await chat(policy, catalogue)
+    await run(credits, ctx, answered(None))  # settled before the body is sent: response_started unset
+    assert ledger.settled[0][2].usage_source == "estimate" and ledger.voided == []
+
+
+async def test_settle_now_then_cleanup_settles_once(
+    credits: ReserveCredits, ledger: FakeLedger, policy: PolicyConfig, catalogue: Catalogue, records: Records
+) -> None:
+    ctx = await chat(policy, catalogue)
+
+    async def twice(ctx: RequestContext) -> None:
+        await answered(Usage(10, 20))(ctx)
+        assert ctx.settle_now is not None
+        await ctx.settle_now()
+
+    await run(credits, ctx, twice)
+    assert len(ledger.settled) == 1 and [r[0] for r in records] == ["posted"]
+
+
+async def test_cancelled_request_task_still_settles_once(
+    credits: ReserveCredits, ledger: FakeLedger, policy: PolicyConfig, catalogue: Catalogue
+) -> None:
+    ctx = await chat(policy, catalogue, stream=True)
+    ledger.settle_delay = 0.2  # the settlement is in flight when the cancellation arrives
+    streaming = asyncio.Event()
+
+    async def stream_forever(ctx: RequestContext) -> None:
+        ctx.upstream_status, ctx.response_started = 200, True
+        ctx.meter.feed("partial answer")
+        ctx.usage = Usage(11, 3)
+        streaming.set()
+        await asyncio.sleep(3600)
+
+    task = asyncio.create_task(run(credits, ctx, stream_forever))
+    await streaming.wait()
+    task.cancel()
+    await asyncio.sleep(0.05)
+    task.cancel()  # a second cancellation while the shielded settlement runs
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [s.usage_source for _, _, s in ledger.settled] == ["provider"]
+    assert ledger.settled[0][2].completion_tokens == 3 and ctx.settled
+
+
+async def test_unavailable_ledger_is_retried(
+    credits: ReserveCredits, ledger: FakeLedger, policy: PolicyConfig, catalogue: Catalogue
+) -> None:
+    ledger.unavailable = 3
+    ctx = await chat(policy, catalogue)
+    await run(credits, ctx, answered(Usage(10, 20)))
+    assert len(ledger.settled) == 1 and ledger.unavailable == 0
+
+
+async def test_ledger_down_for_good_is_logged_and_left_to_the_sweeper(
+    credits: ReserveCredits, ledger: FakeLedger, policy: PolicyConfig, catalogue: Catalogue, records: Records,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ledger.unavailable = 10**6
+    ctx = await chat(policy, catalogue)
+    started = asyncio.get_running_loop().time()
+    with caplog.at_level(logging.ERROR, logger="creditgate.credits"):
+        await run(credits, ctx, answered(Usage(10, 20)))  # the answer is not lost to an exception
+    assert 1.0 <= asyncio.get_running_loop().time() - started < 10  # retry_seconds=2 in these tests
+    assert ledger.settled == [] and not ctx.settled and [r[0] for r in records] == ["failed"]
+    assert caplog.messages == [
+        "settlement failed; the sweeper will settle request req_test at expiry: ProxyError"
+    ]
+
+
+async def test_stream_checkpoints_while_it_runs(
+    credits: ReserveCredits, ledger: FakeLedger, policy: PolicyConfig, catalogue: Catalogue, counter: TokenCounter
+) -> None:
+    ctx = await chat(policy, catalogue, stream=True)
+
+    async def slow_stream(ctx: RequestContext) -> None:
+        ctx.upstream_status, ctx.response_started = 200, True
+        for word in ["alpha", " beta", " gamma", " delta"]:  # one token each
+            ctx.meter.feed(word)
+            await asyncio.sleep(0.06)
+        ctx.usage = Usage(9, 4)
+
+    await run(credits, ctx, slow_stream)
+    assert len(ledger.checkpoints) >= 2
+    counts = [c for _, _, c in ledger.checkpoints]
+    assert counts == sorted(counts) and set(counts) <= {1, 2, 3, 4}
+    checkpoints_at_end = len(ledger.checkpoints)
+    await asyncio.sleep(0.15)
+    assert len(ledger.checkpoints) == checkpoints_at_end  # the renewer stopped with the request
+
+
+async def test_non_stream_requests_do_not_checkpoint(
+    credits: ReserveCredits, ledger: FakeLedger, policy: PolicyConfig, catalogue: Catalogue
+) -> None:
+    ctx = await chat(policy, catalogue)
+
+    async def slow(ctx: RequestContext) -> None:
+        await asyncio.sleep(0.15)
+        await answered(Usage(1, 1))(ctx)
+
+    await run(credits, ctx, slow)
+    assert ledger.checkpoints == []
+
+
+async def test_hold_committed_during_cancellation_is_voided(
+    credits: ReserveCredits, ledger: FakeLedger, policy: PolicyConfig, catalogue: Catalogue
+) -> None:
+    ledger.reserve_delay = 0.1
+    ctx = await chat(policy, catalogue)
+    task = asyncio.create_task(run(credits, ctx, answered(Usage(1, 1))))
+    await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(50):
+        if ledger.voided:
+            break
+        await asyncio.sleep(0.02)
+    assert (len(ledger.holds), ledger.voided, ledger.settled) == (1, [("org_a", "req_test")], [])
