@@ -145,6 +145,8 @@ class Passthrough:
                     break
                 out = tap.feed(chunk)
                 if out:
+                    # the client may hang up as soon as it has [DONE]: from then on that is no failure
+                    watch.done = tap.saw_done and tap.upstream_error is None
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             if watch.disconnected:
                 return waited
