@@ -67,7 +67,7 @@ async def test_unknown_and_revoked_keys(directory: FakeDirectory) -> None:
 
 
 def authed(directory: FakeDirectory, *, bound: str | None = None, **headers: str) -> RequestContext:
-    ctx = make_ctx(**headers)
+    ctx = make_ctx(None, **headers)
     ctx.key = ApiKey("key_1", "usr_1", bound, False)
     return ctx
 

@@ -198,7 +198,7 @@ async def test_byok_holds_zero_and_records_list_price(
     ctx = await admitted(policy, catalogue, {"model": "byok-gpt", "messages": MESSAGES}, level="precision", byok=True)
     await run(credits_for(ledger, policy, catalogue, counter), ctx, answered(Usage(100, 200)))
     request = ledger.holds[0]
-    assert (request.amount, request.byok, request.input_rate, request.output_rate) == (0, True, 0, 0)
+    assert (request.amount, request.byok, request.input_rate, request.output_rate) == (0, True, Decimal(0), Decimal(0))
     assert (request.list_input_rate, request.list_output_rate) == (Decimal("2.5"), Decimal(10))
     settlement = ledger.settled[0][2]
     assert (settlement.charge, settlement.list_price) == (0, 2250)  # 100 * 2.5 + 200 * 10 millicredits
