@@ -19,6 +19,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from fractions import Fraction
+from typing import TypeVar
 
 from policies.model import OUTPUT_CAPS
 from proxy import pricing
@@ -31,7 +32,7 @@ from proxy.context import (
     OutputMeter,
     RequestContext,
     Settlement,
-    SettleResult,
+    Usage,
 )
 from proxy.errors import ProxyError
 from proxy.policy_config import PolicyConfig
@@ -40,6 +41,7 @@ from proxy.tokens import TokenCounter, bound, prompt_count
 
 log = logging.getLogger("creditgate.credits")
 
+T = TypeVar("T")
 Record = Callable[[str, Settlement | None], None]
 """Metrics hook: outcome ("posted" | "late_posted" | "already_settled" | "voided" | "failed") and
 the settlement (None for a void or a failure)."""
@@ -66,7 +68,7 @@ class ReserveCredits:
         self._record = record or (lambda outcome, settlement: None)
         self._retry_seconds = retry_seconds
         self._checkpoint_seconds = checkpoint_seconds or policy.hold_ttl_seconds / 3
-        self._orphans: set[asyncio.Task[object]] = set()
+        self._orphans: set[asyncio.Task[None]] = set()
 
     async def __call__(self, ctx: RequestContext) -> None:
         key, member = ctx.require_key(), ctx.require_membership()
@@ -144,7 +146,7 @@ class ReserveCredits:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _retry(self, call: Callable[[], Awaitable[object]]) -> object:
+    async def _retry(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run `call`, retrying an unavailable ledger with backoff for at most `retry_seconds`."""
         loop = asyncio.get_running_loop()
         deadline, delay = loop.time() + self._retry_seconds, 0.05
@@ -212,7 +214,6 @@ class _Settle:
                 self._owner._record("voided", None)
             else:
                 result = await self._owner._retry(lambda: ledger.settle(hold.org_id, hold.request_id, settlement))
-                assert isinstance(result, SettleResult)
                 ctx.response_headers["X-Credits-Charged"] = str(result.charged)
                 if result.remaining is not None:
                     ctx.response_headers["X-Credits-Remaining"] = str(result.remaining)
@@ -232,22 +233,28 @@ class _Settle:
         if ctx.upstream_status is not None and ctx.upstream_status >= 400:
             return None
         images = ctx.route == IMAGES
-        if ctx.usage is not None or (images and ctx.image_count is not None):
-            prompt = ctx.usage.prompt_tokens if ctx.usage else 0
-            completion = ctx.usage.completion_tokens if ctx.usage else 0
-            return self._settlement(PROVIDER, prompt, completion, (ctx.image_count or 0) if images else 0)
+        usage = ctx.usage or Usage(0, 0)
+        if images and ctx.image_count is not None:
+            return self._settlement(PROVIDER, usage.prompt_tokens, usage.completion_tokens, ctx.image_count)
+        if not images and ctx.usage is not None:
+            return self._settlement(PROVIDER, usage.prompt_tokens, usage.completion_tokens, None)
         # a 200 whose answer had no usage was still served (a non-stream answer is settled before it
         # is sent, so response_started is not set yet); a stream that broke was served up to the break
         answered = ctx.upstream_status is not None and ctx.failure in (None, "client_disconnected")
         if ctx.meter.chunks > 0 or ctx.response_started or answered:
-            completion = 0 if images else ctx.meter.tokens()
-            return self._settlement(ESTIMATE, ctx.prompt_tokens, completion, _count(ctx.body, "n") if images else 0)
+            if images:  # served, count unknown: what was asked for
+                return self._settlement(ESTIMATE, ctx.prompt_tokens, 0, _count(ctx.body, "n"))
+            return self._settlement(ESTIMATE, ctx.prompt_tokens, ctx.meter.tokens(), None)
         return None
 
-    def _settlement(self, source: str, prompt: int, completion: int, images: int) -> Settlement:
+    def _settlement(self, source: str, prompt: int, completion: int, images: int | None) -> Settlement:
+        """Priced per image when `images` is given, else per token."""
         ctx, model, cpu = self._ctx, self._model, self._owner._policy.credits_per_usd
         price = model.price_for(ctx.deployment_id)
-        usd = pricing.usd_cost(price, 0 if images else prompt, 0 if images else completion, images=images)
+        if images is None:
+            usd = pricing.usd_cost(price, prompt, completion)
+        else:
+            usd = pricing.usd_cost(price, 0, 0, images=images)
         deployment = model.deployment(ctx.deployment_id)
         return Settlement(
             prompt_tokens=prompt,

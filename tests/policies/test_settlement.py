@@ -223,3 +223,19 @@ async def test_hold_committed_during_cancellation_is_voided(
             break
         await asyncio.sleep(0.02)
     assert (len(ledger.holds), ledger.voided, ledger.settled) == (1, [("org_a", "req_test")], [])
+
+
+async def test_images_served_without_a_count_are_charged_as_asked(
+    credits: ReserveCredits, ledger: FakeLedger, policy: PolicyConfig, catalogue: Catalogue
+) -> None:
+    body = {"model": "fake-image", "prompt": "a cat", "n": 2}
+    ctx = await admitted(policy, catalogue, body, route="images/generations", tier="professional")
+
+    async def no_count(ctx: RequestContext) -> None:
+        ctx.upstream_status, ctx.usage = 200, Usage(12, 0)  # some image APIs report token usage only
+        assert ctx.settle_now is not None
+        await ctx.settle_now()
+
+    await run(credits, ctx, no_count)
+    settlement = ledger.settled[0][2]
+    assert (settlement.usage_source, settlement.charge, settlement.list_price) == ("estimate", 128_000, 80_000)
