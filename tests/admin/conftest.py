@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
+from devstack import services
 from proxy.admin import admin_routes
 from proxy.directory import PgDirectory
 from proxy.errors import ProxyError
@@ -41,6 +43,7 @@ TOKEN = "operator-token-" + "x" * 24
 OPERATOR = {"authorization": f"Bearer {TOKEN}"}
 TIERS = ("free", "starter", "professional", "enterprise")
 POWER_LEVELS = ("eco", "balanced", "precision")
+_shared = itertools.count(1)
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -106,6 +109,28 @@ def build_app(directory: PgDirectory, ledger: LedgerAdmin, revoked: list[str]) -
         tiers=TIERS, power_levels=POWER_LEVELS,
     )
     return Starlette(routes=routes, exception_handlers={ProxyError: _render})
+
+
+@pytest.fixture(scope="module")
+async def shared_admin(pg: services.Service) -> AsyncIterator[Admin]:
+    """One migrated database and app for a whole module, for tests that only read or are refused."""
+    name = f"admin_shared_{next(_shared)}"
+    conn = await asyncpg.connect(pg.url)  # services.create_database runs its own loop: not from a coroutine
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    dsn = pg.url.rsplit("/", 1)[0] + f"/{name}"
+    await migrate(dsn)
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+    assert pool is not None
+    directory, ledger = PgDirectory(pool), FakeLedger()
+    revoked: list[str] = []
+    app = build_app(directory, ledger, revoked)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://admin.test") as http:
+        yield Admin(http, directory, ledger, pool, revoked)
+    await pool.close()
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -11,10 +12,19 @@ from .conftest import OPERATOR, Admin
 GRANT = {"amount_millicredits": 100, "reason": "r", "idempotency_key": "k"}
 
 
-async def _seed(admin: Admin) -> dict[str, str]:
-    org, user = await admin.org(), await admin.user("ann@acme.test")
-    await admin.member(org, user)
+@pytest.fixture(scope="module")
+async def ids(shared_admin: Admin) -> dict[str, str]:
+    org, user = await shared_admin.org(), await shared_admin.user("ann@acme.test")
+    await shared_admin.member(org, user)
     return {"org": org, "user": user}
+
+
+@pytest.fixture
+async def admin(shared_admin: Admin) -> AsyncIterator[Admin]:
+    """The module's app; every test here is refused, so nothing may change."""
+    before = await shared_admin.audit()
+    yield shared_admin
+    assert await shared_admin.audit() == before
 
 
 @pytest.mark.parametrize(
@@ -77,9 +87,8 @@ async def _seed(admin: Admin) -> dict[str, str]:
     ],
 )
 async def test_invalid_values_are_400_naming_the_field(
-    admin: Admin, method: str, path: str, body: Any, param: str | None
+    admin: Admin, ids: dict[str, str], method: str, path: str, body: Any, param: str | None
 ) -> None:
-    ids = await _seed(admin)
     if isinstance(body, dict):
         body = {k: v.format(**ids) if isinstance(v, str) else v for k, v in body.items()}
     response = await admin.call(method, path.format(**ids), body)
@@ -101,8 +110,9 @@ async def test_invalid_values_are_400_naming_the_field(
         ("POST", "/admin/keys", {"name": "A"}, "user_id"),
     ],
 )
-async def test_missing_fields_are_400(admin: Admin, method: str, path: str, body: Any, field: str) -> None:
-    ids = await _seed(admin)
+async def test_missing_fields_are_400(
+    admin: Admin, ids: dict[str, str], method: str, path: str, body: Any, field: str
+) -> None:
     response = await admin.call(method, path.format(**ids), body)
     assert response.json() == {"error": {"message": f"Missing required field: '{field}'.",
                                          "type": "invalid_request_error", "param": field, "code": "missing_field"}}
@@ -110,8 +120,7 @@ async def test_missing_fields_are_400(admin: Admin, method: str, path: str, body
 
 
 @pytest.mark.parametrize("raw", [b"", b"{", b"not json", b"[1, 2]", b'"text"', b"null", b"\xff\xfe"])
-async def test_bodies_that_are_not_json_objects_are_invalid_json(admin: Admin, raw: bytes) -> None:
-    ids = await _seed(admin)
+async def test_bodies_that_are_not_json_objects_are_invalid_json(admin: Admin, ids: dict[str, str], raw: bytes) -> None:
     for method, path in [("POST", "/admin/orgs"), ("PATCH", "/admin/orgs/{org}"), ("POST", "/admin/users"),
                          ("POST", "/admin/orgs/{org}/grants"), ("PUT", "/admin/orgs/{org}/members/{user}"),
                          ("POST", "/admin/keys"), ("POST", "/admin/orgs/{org}/adjustments")]:
