@@ -6,14 +6,13 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
+from policy_support import FakeDirectory, FakeLedger
 
 from proxy.crypto import KeyBox
 from proxy.policy_config import PolicyConfig, load_policy
 from proxy.pricing import Catalogue, load_catalogue
 from proxy.settings import Secret
 from proxy.tokens import TokenCounter
-
-from .fakes import FakeDirectory, FakeLedger
 
 ROOT = Path(__file__).resolve().parents[2]
 

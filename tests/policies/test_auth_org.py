@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from policy_support import FakeDirectory, make_ctx, member
 
 from policies.auth import Authenticate, key_hash
 from policies.org import ResolveOrg
 from proxy.context import ApiKey, RequestContext
 from proxy.errors import ProxyError
 from proxy.settings import Secret
-
-from .fakes import FakeDirectory, make_ctx, member
 
 KEY = "sk-cg-" + "k" * 43
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from cryptography.fernet import Fernet
+from policy_support import FakeDirectory, make_ctx, member
 
 from policies.byok import InjectProviderKey
 from proxy.context import RequestContext, StoredProviderKey
@@ -11,8 +12,6 @@ from proxy.crypto import KeyBox
 from proxy.errors import ProxyError
 from proxy.pricing import Catalogue
 from proxy.settings import Secret
-
-from .fakes import FakeDirectory, make_ctx, member
 
 
 def ctx_for(model: str) -> RequestContext:

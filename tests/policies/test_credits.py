@@ -5,90 +5,28 @@ Fractions over the prices' text in litellm_config.yaml, independently of proxy/p
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
 import pytest
+from policy_support import (
+    MESSAGES,
+    PRICES,
+    FakeLedger,
+    admitted,
+    answered,
+    credits_for,
+    expected,
+    prompt_bound,
+    run,
+)
 
-from policies.credits import ReserveCredits
-from policies.model import RewriteModel
-from proxy.context import ApiKey, RequestContext, Settlement, Usage
+from proxy.context import RequestContext, Settlement, Usage
 from proxy.errors import ProxyError
 from proxy.policy_config import PolicyConfig
 from proxy.pricing import Catalogue
 from proxy.tokens import TokenCounter
-
-from .fakes import FakeLedger, make_ctx, member
-
-# (input, output) USD per token, as written in litellm_config.yaml
-PRICES = {
-    "fake-small": ("0.00000005", "0.0000001"),
-    "fake-medium": ("0.0000006", "0.0000012"),
-    "fake-large": ("0.0000025", "0.00001"),
-    "fake-gpt-4o-mini": ("0.00000015", "0.0000006"),
-    "mock-gpt": ("0.0000005", "0.0000015"),
-    "fake-multi-a": ("0.000001", "0.000002"),
-    "fake-multi-b": ("0.000002", "0.000004"),
-}
-MARKUP = {"free": "0.0", "starter": "0.4", "professional": "0.6", "enterprise": "0.8"}
-MULTIPLIER = {"eco": "0.1", "balanced": "0.25", "precision": "1.0"}
-MESSAGES = [{"role": "user", "content": "Count to three, please."}]
-
-
-def expected(prices: tuple[str, str], prompt: int, completion: int, tier: str, level: str | None) -> int:
-    usd = prompt * Fraction(prices[0]) + completion * Fraction(prices[1])
-    factor = (1 + Fraction(MARKUP[tier])) * (Fraction(MULTIPLIER[level]) if level else 1)
-    return math.ceil(usd * 1000 * 1000 * factor)
-
-
-def prompt_bound(counted: int) -> int:
-    return math.ceil(Fraction(counted) * Fraction(3, 2)) + 64
-
-
-Records = list[tuple[str, Settlement | None]]
-
-
-def credits_for(ledger: FakeLedger, policy: PolicyConfig, catalogue: Catalogue, counter: TokenCounter,
-                records: Records | None = None, **kw: Any) -> ReserveCredits:
-    def record(outcome: str, settlement: Settlement | None) -> None:
-        if records is not None:
-            records.append((outcome, settlement))
-
-    return ReserveCredits(ledger, policy, catalogue, counter, record=record, retry_seconds=2.0, **kw)
-
-
-async def admitted(policy: PolicyConfig, catalogue: Catalogue, body: dict[str, Any], *, tier: str = "starter",
-                   level: str = "balanced", route: str = "chat/completions", byok: bool = False) -> RequestContext:
-    ctx = make_ctx(body, route=route, x_power_level=level)
-    ctx.stream = body.get("stream") is True
-    ctx.key = ApiKey("key_1", "usr_1", None, False)
-    ctx.membership = member("org_a", tier=tier)
-    await RewriteModel(policy, catalogue)(ctx)
-    ctx.byok = byok
-    return ctx
-
-
-Serve = Callable[[RequestContext], Awaitable[None]]
-
-
-async def run(credits: ReserveCredits, ctx: RequestContext, serve: Serve) -> None:
-    """What the passthrough does: the chain's last policy, then forwarding, inside ctx.cleanup."""
-    async with ctx.cleanup:
-        await credits(ctx)
-        await serve(ctx)
-
-
-def answered(usage: Usage | None, deployment: str | None = None) -> Serve:
-    async def serve(ctx: RequestContext) -> None:
-        ctx.upstream_status, ctx.deployment_id, ctx.usage = 200, deployment, usage
-        if not ctx.stream and ctx.settle_now is not None:
-            await ctx.settle_now()
-        ctx.response_started = True
-
-    return serve
-
 
 LEVEL_MODELS = {  # a model of each level that each tier may use
     ("eco", "free"): "fake-small", ("balanced", "free"): "fake-gpt-4o-mini", ("precision", "free"): "mock-gpt",

@@ -8,14 +8,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+from policy_support import FakeDirectory
 
 from devstack import services
 from proxy.context import ApiKey
 from proxy.errors import ProxyError
 from proxy.keycache import KeyCache
 from proxy.settings import Secret
-
-from .fakes import FakeDirectory
 
 HASH = "a" * 64
 KEY = ApiKey("key_1", "usr_1", None, False)

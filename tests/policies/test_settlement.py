@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 import pytest
+from policy_support import MESSAGES, PRICES, FakeLedger, Records, admitted, answered, credits_for, expected, run
 
 from policies.credits import ReserveCredits
 from proxy.context import RequestContext, Settlement, Usage
@@ -15,9 +16,6 @@ from proxy.errors import ProxyError
 from proxy.policy_config import PolicyConfig
 from proxy.pricing import Catalogue
 from proxy.tokens import TokenCounter
-
-from .fakes import FakeLedger
-from .test_credits import MESSAGES, PRICES, Records, admitted, answered, credits_for, expected, run
 
 
 @pytest.fixture
