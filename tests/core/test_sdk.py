@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from devstack import services
 from tests.core.conftest import Gateway, chat, new_request_id
 
-MESSAGES = [{"role": "user", "content": "hi there"}]  # 2 words + 1 per message = 3 prompt tokens
+# 2 words + 1 per message = 3 prompt tokens at the fake provider
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi there"}]
 
 
 def client(gateway: Gateway, **headers: str) -> openai.OpenAI:
