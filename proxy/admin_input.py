@@ -167,13 +167,15 @@ class Body:
             raise ProxyError.invalid_value(name, f"'{name}' must be one of: {allowed}.")
         return str(value)
 
-    def ident(self, name: str, kind: str, *, required: bool = True) -> str | None:
-        value = self._get(name, required)
-        if value is None and not required:
-            return None
+    def ident(self, name: str, kind: str) -> str:
+        """A required id of `kind`."""
+        value = self._get(name, True)
         if not is_id(value, kind):
             raise ProxyError.invalid_value(name, f"'{name}' must be an id starting with '{kind}_'.")
         return str(value)
+
+    def ident_or_none(self, name: str, kind: str) -> str | None:
+        return None if self._data.get(name) is None else self.ident(name, kind)
 
     def email(self, name: str) -> str:
         value = self.text(name, max_len=254).lower()

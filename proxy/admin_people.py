@@ -85,10 +85,9 @@ class PeopleRoutes:
         caller = await self.d.auth.caller(request)
         body = await Body.read(request, ("user_id", "org_id", "name"))
         user_id = body.ident("user_id", "usr")
-        org_id = body.ident("org_id", "org", required=False)
+        org_id = body.ident_or_none("org_id", "org")
         name = body.text("name", required=False)
         await self._key_org(caller, org_id)
-        assert user_id is not None  # required=True
         return json_response(await self.d.directory.create_key(user_id, org_id, name, caller.actor), 201)
 
     async def list_keys(self, request: Request) -> Response:

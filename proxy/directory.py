@@ -25,6 +25,19 @@ from proxy.stores import Row
 
 log = logging.getLogger(__name__)
 
+TIMEOUT_SECONDS = 5.0  # waiting for a connection, and for a statement: past this the directory is "unavailable"
+# the database is unreachable, overloaded or shutting down (statement_timeout is QueryCanceled, an
+# OperatorIntervention); the same classes the ledger treats as "unavailable"
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.TransactionRollbackError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
+
 # constraint name -> the error a caller sees
 _NOT_FOUND = {
     "memberships_org_id_fkey": ("org_not_found", "Unknown organization."),
@@ -39,7 +52,7 @@ _CONFLICT = {
 }
 
 
-def _translate(exc: Exception) -> Exception:
+def _translate(exc: BaseException) -> BaseException:
     """The one mapping from database errors to what a caller sees; unknown errors pass unchanged."""
     if isinstance(exc, asyncpg.ForeignKeyViolationError) and exc.constraint_name in _NOT_FOUND:
         code, message = _NOT_FOUND[exc.constraint_name]
@@ -49,8 +62,7 @@ def _translate(exc: Exception) -> Exception:
         return ProxyError(409, "conflict_error", code, message)
     if isinstance(exc, asyncpg.CheckViolationError):
         return ProxyError.invalid_value(None, f"A value violates the constraint {exc.constraint_name}.")
-    if isinstance(exc, (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                        asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)):
+    if isinstance(exc, _UNAVAILABLE):
         log.warning("directory unavailable: %s", type(exc).__name__)
         return ProxyError.ledger_unavailable()
     return exc
@@ -72,9 +84,17 @@ class PgDirectory:
 
     async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         try:
-            return list(await self._pool.fetch(query, *args))
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            async with self._pool.acquire(timeout=TIMEOUT_SECONDS) as conn:
+                return list(await conn.fetch(query, *args, timeout=TIMEOUT_SECONDS))
+        except (asyncpg.PostgresError, *_UNAVAILABLE) as exc:
             raise _translate(exc) from exc
+
+    async def _one(self, query: str, *args: Any) -> Row:
+        """A statement that returns exactly one row (INSERT ... RETURNING, aggregates) or raises."""
+        rows = await self._fetch(query, *args)
+        if len(rows) != 1:
+            raise RuntimeError(f"expected one row, got {len(rows)}")
+        return dict(rows[0])
 
     async def _fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
         rows = await self._fetch(query, *args)
@@ -99,9 +119,7 @@ class PgDirectory:
     # ------------------------------------------------------------------ orgs and users
 
     async def create_org(self, name: str, tier: str, actor: str) -> Row:
-        r = await self._fetchrow(sql.CREATE_ORG, new_id("org"), name, tier, actor)
-        assert r is not None  # an INSERT ... RETURNING returns its row or raises
-        return dict(r)
+        return await self._one(sql.CREATE_ORG, new_id("org"), name, tier, actor)
 
     async def list_orgs(self, limit: int, after: str | None) -> tuple[Sequence[Row], bool]:
         return _page(await self._fetch(sql.LIST_ORGS, after, limit + 1), limit)
@@ -120,9 +138,7 @@ class PgDirectory:
 
     async def create_user(self, email: str, name: str, actor: str) -> Row:
         """Raises 409 `email_taken` for an email already in use."""
-        r = await self._fetchrow(sql.CREATE_USER, new_id("usr"), email, name, actor)
-        assert r is not None
-        return dict(r)
+        return await self._one(sql.CREATE_USER, new_id("usr"), email, name, actor)
 
     async def list_users(self, limit: int, after: str | None) -> tuple[Sequence[Row], bool]:
         return _page(await self._fetch(sql.LIST_USERS, after, limit + 1), limit)
@@ -132,14 +148,11 @@ class PgDirectory:
     async def put_member(self, org_id: str, user_id: str, fields: Row, actor: str) -> Row:
         """Upserts; only the given fields (role, allocation_millicredits, allocation_period, default,
         power_level, suspended) change an existing membership. 404 for an unknown org or user."""
-        r = await self._fetchrow(sql.PUT_MEMBER, org_id, user_id, orjson.dumps(fields).decode(), actor)
-        assert r is not None
-        return dict(r)
+        return await self._one(sql.PUT_MEMBER, org_id, user_id, orjson.dumps(fields).decode(), actor)
 
     async def delete_member(self, org_id: str, user_id: str, actor: str) -> bool:
         """Removes the membership (usage and ledger rows keep their ids); False if there was none."""
-        r = await self._fetchrow(sql.DELETE_MEMBER, org_id, user_id, actor)
-        return r is not None and r[0] > 0
+        return bool((await self._one(sql.DELETE_MEMBER, org_id, user_id, actor))["count"])
 
     # ------------------------------------------------------------------ API keys
 
@@ -148,8 +161,7 @@ class PgDirectory:
         user or org; 403 `not_a_member` when the user is not a member of the org the key binds."""
         new = generate_key()
         args = (new_id("key"), user_id, org_id, name, new.key_hash, new.prefix, actor)
-        r = await self._fetchrow(sql.CREATE_KEY, *args)
-        assert r is not None
+        r = await self._one(sql.CREATE_KEY, *args)
         if not r["user_exists"]:
             raise ProxyError.not_found("user_not_found", "Unknown user.")
         if not r["org_exists"]:
@@ -185,9 +197,7 @@ class PgDirectory:
         self, org_id: str, scope: str, owner_id: str, provider: str, ciphertext: bytes, last4: str
     ) -> Row:
         """Stores (or replaces, re-enabled) the encrypted key; returns the masked row."""
-        r = await self._fetchrow(sql.PUT_PROVIDER_KEY, org_id, scope, owner_id, provider, ciphertext, last4)
-        assert r is not None
-        return dict(r)
+        return await self._one(sql.PUT_PROVIDER_KEY, org_id, scope, owner_id, provider, ciphertext, last4)
 
     async def list_provider_keys(self, org_id: str, user_id: str) -> Sequence[Row]:
         """The member's own keys and the org's, masked (provider, scope, last4, enabled, times)."""
