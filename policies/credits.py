@@ -78,7 +78,7 @@ class ReserveCredits:
             raise RuntimeError("RewriteModel must run before ReserveCredits")
         if not model.priced() and not ctx.byok:
             raise ProxyError.permission("model_not_priced", f"The model '{model.name}' has no price configured.")
-        ctx.prompt_tokens = self._counter.prompt_tokens(ctx.route, ctx.body)
+        ctx.prompt_tokens = await self._counter.prompt_tokens_async(ctx.route, ctx.body)
         if ctx.meter.chunks == 0:  # count streamed output with the same tokenizer as the prompt
             ctx.meter = OutputMeter(self._counter.count)
         cpu, factor = self._policy.credits_per_usd, (1 + tier.markup) * ctx.multiplier

@@ -12,9 +12,10 @@ OpenAI and Anthropic vision pricing rules charge for one image (research/tokeniz
 
 from __future__ import annotations
 
+import asyncio
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from typing import Any
 
@@ -23,6 +24,8 @@ import orjson
 MESSAGE_OVERHEAD = 4  # role and separators per chat message (OpenAI's own accounting uses 3-4)
 REPLY_PRIMING = 3  # tokens that start the assistant's reply
 IMAGE_PART_TOKENS = 3000  # gpt-4.1-mini patches cap near 2,500; Claude ~1,600; Gemini 258
+THREAD_ABOVE_CHARS = 32_768  # about 10 ms of tokenizing
+PIECE_CHARS = 40_000  # at most 4 tokens per character: under the encoder's 200,000-token limit
 BOUND_FACTOR = Fraction(3, 2)
 BOUND_SLACK = 64
 _PROMPT_EXTRAS = ("tools", "functions", "tool_choice", "response_format", "prediction")
@@ -42,7 +45,9 @@ class TokenCounter:
             return 0
         if self._encode is None:
             self._encode = _load_o200k()
-        return len(self._encode(text))
+        encode = self._encode
+        # bpe-openai refuses texts of 1,000,000 characters or 200,000 tokens: count in pieces
+        return sum(len(encode(piece)) for piece in _pieces(text))
 
     def warm(self) -> None:
         """Load the encoding now (about 0.7 s) rather than on the first request: call at start-up."""
@@ -62,6 +67,13 @@ class TokenCounter:
             total = self.count(_json(body))
         extras = [body[k] for k in _PROMPT_EXTRAS if k in body]
         return total + (self.count(_json(extras)) if extras else 0)
+
+    async def prompt_tokens_async(self, route: str, body: dict[str, Any]) -> int:
+        """`prompt_tokens`, in a worker thread when the prompt is large: a 16 MiB body takes seconds
+        to tokenize, which must not stall every other request on the event loop."""
+        if _text_size(body) < THREAD_ABOVE_CHARS:
+            return self.prompt_tokens(route, body)
+        return await asyncio.to_thread(self.prompt_tokens, route, body)
 
     def prompt_bound(self, route: str, body: dict[str, Any]) -> int:
         """An upper bound of the prompt tokens any supported model is billed for (see module doc)."""
@@ -131,6 +143,30 @@ def prompt_count(route: str, body: dict[str, Any]) -> int:
         if isinstance(prompt, list) and prompt and not all(isinstance(t, int) for t in prompt):
             return len(prompt)
     return 1
+
+
+def _pieces(text: str) -> Iterator[str]:
+    """`text` in pieces of at most PIECE_CHARS, cut before a space where one is near (the pre-tokenizer
+    starts a word there too, so the sum of the counts stays the count of the whole)."""
+    start = 0
+    while start < len(text):
+        end = min(start + PIECE_CHARS, len(text))
+        if end < len(text):
+            cut = text.rfind(" ", start + PIECE_CHARS // 2, end)
+            end = cut if cut > start else end
+        yield text[start:end]
+        start = end
+
+
+def _text_size(value: Any) -> int:
+    """Characters in every string inside `value` (cheap next to tokenizing them)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_text_size(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(_text_size(v) for v in value)
+    return 8
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -201,3 +201,12 @@ def test_masking_shows_the_last_four_only() -> None:
     assert last4(Secret("short")) == ""
     box = KeyBox([Secret(Fernet.generate_key().decode())])
     assert repr(box.decrypt(box.encrypt(Secret("sk-provider-1234567890")))) == "Secret('**********')"
+
+
+async def test_prompts_over_the_encoders_limits_are_counted(counter: TokenCounter) -> None:
+    text = "lorem ipsum dolor " * 70_000  # 1.26 M characters: bpe-openai alone refuses >= 1 M
+    body = {"messages": [{"role": "user", "content": text}]}
+    sync = counter.prompt_tokens("chat/completions", body)
+    assert sync == await counter.prompt_tokens_async("chat/completions", body)  # counted in a thread
+    # 3 tokens a repeat; each of the 32 pieces may split a word (one more token at most)
+    assert 210_000 <= sync - REPLY_PRIMING - MESSAGE_OVERHEAD - 1 <= 210_000 + 32
