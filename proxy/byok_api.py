@@ -63,14 +63,15 @@ def owner_of(member: Membership, scope: str) -> str:
 
 
 def validate_key(value: object) -> Secret:
-    """A provider API key: a string of printable non-space characters. The error never echoes it."""
+    """A provider API key: printable ASCII without spaces (it travels in an HTTP header). The error
+    never echoes it."""
     if not isinstance(value, str):
         raise ProxyError.invalid_value("api_key", "'api_key' must be a string.")
     key = value.strip()
     if not MIN_KEY_CHARS <= len(key) <= MAX_KEY_CHARS:
         raise ProxyError.invalid_value("api_key", f"'api_key' must be {MIN_KEY_CHARS} to {MAX_KEY_CHARS} characters.")
-    if not key.isprintable() or any(c.isspace() for c in key):
-        raise ProxyError.invalid_value("api_key", "'api_key' must not contain spaces or control characters.")
+    if not (key.isascii() and key.isprintable()) or any(c.isspace() for c in key):
+        raise ProxyError.invalid_value("api_key", "'api_key' must be printable ASCII without spaces.")
     return Secret(key)
 
 

@@ -24,6 +24,7 @@ PREFIXES = ("/v1", "/api/v1/llm")
 SCOPES = ("user", "org")
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
+MAX_BODY_BYTES = 64 * 1024
 
 Identify = Callable[[Request], Awaitable[RequestContext]]
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -49,8 +50,16 @@ def json_response(body: object, status: int = 200) -> Response:
 
 
 async def read_object(request: Request) -> dict[str, Any]:
-    """The request body as a JSON object; 400 invalid_json otherwise."""
-    raw = await request.body()
+    """The request body as a JSON object; 400 invalid_json otherwise, 413 past `MAX_BODY_BYTES`
+    (these bodies are a few fields: read no more than that, whatever Content-Length says)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ProxyError.body_too_large(MAX_BODY_BYTES)
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
