@@ -129,7 +129,8 @@ class Body:
         value = self._get(name, required)
         if value is None and not required:
             return default
-        if not isinstance(value, str) or not value.strip() or len(value) > max_len:
+        # PostgreSQL text cannot hold NUL: refuse it here rather than fail in the database
+        if not isinstance(value, str) or not value.strip() or len(value) > max_len or "\x00" in value:
             message = f"'{name}' must be a non-empty string of at most {max_len} characters."
             raise ProxyError.invalid_value(name, message)
         return value.strip()

@@ -95,7 +95,7 @@ class Admin:
         return [dict(r) for r in rows]
 
 
-async def _render(request: Request, exc: Exception) -> Response:
+async def render(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProxyError)
     return Response(exc.to_bytes(), exc.status, headers=exc.headers, media_type="application/json")
 
@@ -108,7 +108,7 @@ def build_app(directory: PgDirectory, ledger: LedgerAdmin, revoked: list[str]) -
         directory, ledger, admin_token=Secret(TOKEN), lookup_key=directory.api_key, on_revoke=on_revoke,
         tiers=TIERS, power_levels=POWER_LEVELS,
     )
-    return Starlette(routes=routes, exception_handlers={ProxyError: _render})
+    return Starlette(routes=routes, exception_handlers={ProxyError: render})
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from proxy.apikeys import hash_key
+import httpx
+from starlette.applications import Starlette
 
-from .conftest import Admin, bearer
+from proxy.admin import admin_routes
+from proxy.apikeys import hash_key
+from proxy.errors import ProxyError
+from proxy.settings import Secret
+
+from .conftest import OPERATOR, POWER_LEVELS, TIERS, TOKEN, Admin, bearer, render
 
 
 async def test_create_and_list_users(admin: Admin) -> None:
@@ -141,3 +147,29 @@ async def test_list_keys_filters_by_user_and_org(admin: Admin) -> None:
     assert await ids(org_id=a) == sorted([ann_a, bob_a])
     assert await ids(user_id=ann, org_id=b) == [ann_b]
     assert await ids() == sorted([ann_a, ann_b, bob_a, ann_free])
+
+
+async def test_a_failed_revocation_broadcast_is_503_and_retrying_broadcasts_again(admin: Admin) -> None:
+    user = await admin.user("ann@acme.test")
+    key_id, key = await admin.key(user)
+    calls: list[str] = []
+
+    async def failing(key_hash: str) -> None:
+        calls.append(key_hash)
+        if len(calls) == 1:
+            raise ConnectionError("redis://:hunter2@127.0.0.1:1 refused")
+
+    app = Starlette(routes=admin_routes(
+        admin.directory, admin.ledger, admin_token=Secret(TOKEN), lookup_key=admin.directory.api_key,
+        on_revoke=failing, tiers=TIERS, power_levels=POWER_LEVELS,
+    ), exception_handlers={ProxyError: render})
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://a.test") as http:
+        first = await http.delete(f"/admin/keys/{key_id}", headers=OPERATOR)
+        assert first.status_code == 503
+        assert first.json()["error"]["code"] == "revocation_not_broadcast"
+        assert "hunter2" not in first.text
+        stored = await admin.directory.api_key(hash_key(key))
+        assert stored is not None and stored.revoked  # revoked in the database all the same
+        second = await http.delete(f"/admin/keys/{key_id}", headers=OPERATOR)
+        assert second.status_code == 200
+    assert calls == [hash_key(key)] * 2
