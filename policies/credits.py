@@ -266,3 +266,14 @@ class _Settle:
             provider=deployment.provider if deployment else model.provider,
             deployment=ctx.deployment_id,
         )
+
+
+def count_charges(charged: Callable[[str | None, int, int, int], None]) -> Record:
+    """A `Record` feeding `Metrics.charged(model, prompt, completion, millicredits)` once per posted
+    settlement (a replayed "already_settled" is not counted twice)."""
+
+    def record(outcome: str, settlement: Settlement | None) -> None:
+        if settlement is not None and outcome in ("posted", "late_posted"):
+            charged(settlement.model, settlement.prompt_tokens, settlement.completion_tokens, settlement.charge)
+
+    return record

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from proxy.policy_config import as_decimal, decimal_yaml_load
+from proxy.policy_config import PolicyConfig, as_decimal, decimal_yaml_load
 from proxy.settings import ConfigError
 
 BYOK_MODES = ("none", "optional", "required")
@@ -250,3 +250,15 @@ def _deployment(entry: Any, where: str, problems: list[str]) -> Deployment | Non
         max_output_tokens=cap,
         mode=str(info.get("mode", "chat")),
     )
+
+
+def check_policy(policy: PolicyConfig, catalogue: Catalogue, *, source: str = "CREDITGATE_POLICY_CONFIG") -> None:
+    """Start-up check: every model the policy file names is in the LiteLLM config (a typo would
+    otherwise only show as 404s). `ConfigError`, one line per mistake."""
+    problems = [
+        f"{source}: model {name!r} is not in the LiteLLM config's model_list"
+        for name in sorted(policy.models())
+        if catalogue.get(name) is None
+    ]
+    if problems:
+        raise ConfigError("\n".join(problems))

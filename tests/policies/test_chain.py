@@ -1,0 +1,67 @@
+"""The chain's literal order, the start-up model check and the metrics hook."""
+
+from __future__ import annotations
+
+import pytest
+from policy_support import FakeDirectory, FakeLedger
+
+from policies import (
+    Authenticate,
+    InjectProviderKey,
+    ReserveCredits,
+    ResolveOrg,
+    RewriteModel,
+    default_policies,
+)
+from policies.credits import count_charges
+from proxy.context import Settlement
+from proxy.crypto import KeyBox
+from proxy.policy_config import PolicyConfig, parse_policy
+from proxy.pricing import Catalogue, check_policy
+from proxy.settings import ConfigError
+from proxy.tokens import TokenCounter
+
+
+class NoKeys:
+    async def get(self, key_hash: str) -> None:
+        return None
+
+
+def test_default_policies_in_order(
+    policy: PolicyConfig, catalogue: Catalogue, keybox: KeyBox, counter: TokenCounter
+) -> None:
+    chain = default_policies(
+        keys=NoKeys(), directory=FakeDirectory(), ledger=FakeLedger(), policy=policy, catalogue=catalogue,
+        keybox=keybox, counter=counter,
+    )
+    assert [type(p) for p in chain] == [Authenticate, ResolveOrg, RewriteModel, InjectProviderKey, ReserveCredits]
+
+
+def test_shipped_policy_names_only_configured_models(policy: PolicyConfig, catalogue: Catalogue) -> None:
+    check_policy(policy, catalogue)
+
+
+def test_policy_naming_unknown_models_stops_start_up(catalogue: Catalogue) -> None:
+    policy = parse_policy("""
+credits_per_usd: 1000
+default_power_level: eco
+power_levels:
+  eco: {multiplier: 0.1, max_tokens: 10, models: [fake-small, fake-smal]}
+tiers:
+  free: {markup: 0, models: [gpt-5, "*"]}
+""")
+    with pytest.raises(ConfigError) as info:
+        check_policy(policy, catalogue)
+    assert str(info.value).splitlines() == [
+        "CREDITGATE_POLICY_CONFIG: model 'fake-smal' is not in the LiteLLM config's model_list",
+        "CREDITGATE_POLICY_CONFIG: model 'gpt-5' is not in the LiteLLM config's model_list",
+    ]
+
+
+def test_count_charges_counts_each_posted_settlement_once() -> None:
+    seen: list[tuple[str | None, int, int, int]] = []
+    record = count_charges(lambda *args: seen.append(args))
+    settlement = Settlement(10, 20, 33, 40, "provider", "fake-small", "openai", None)
+    for outcome in ("posted", "already_settled", "late_posted", "voided", "failed"):
+        record(outcome, settlement if outcome != "voided" else None)
+    assert seen == [("fake-small", 10, 20, 33), ("fake-small", 10, 20, 33)]
