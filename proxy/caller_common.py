@@ -7,7 +7,7 @@ is always a `ProxyError` (400 invalid_json / missing_field / invalid_value), nev
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from proxy.context import Membership, RequestContext
+from proxy.context import Membership, Policy, RequestContext
 from proxy.errors import ProxyError
 
 PREFIXES = ("/v1", "/api/v1/llm")
@@ -30,6 +30,23 @@ Identify = Callable[[Request], Awaitable[RequestContext]]
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+def identify_with(policies: Sequence[Policy]) -> Identify:
+    """An `identify` running `policies` (Authenticate, ResolveOrg) on a fresh context built from the
+    request's headers; their ProxyErrors (401, 403) propagate. The context carries no body: these
+    routes bill nothing and forward nothing."""
+
+    async def identify(request: Request) -> RequestContext:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        ctx = RequestContext(request_id="req_caller", route="caller", headers=headers, body={})
+        for policy in policies:
+            await policy(ctx)
+        if ctx.membership is None:
+            raise RuntimeError("identify needs a policy that resolves the org (ResolveOrg)")
+        return ctx
+
+    return identify
 
 
 def both(path: str, endpoint: Endpoint, methods: Collection[str]) -> list[BaseRoute]:
