@@ -73,6 +73,13 @@ class PeopleRoutes:
 
     # ------------------------------------------------------------------ API keys
 
+    @staticmethod
+    def _implied_org(caller: Caller, org_id: str | None) -> str | None:
+        """An org admin who names no org means the org their own key is bound to (if it is)."""
+        if org_id is None and caller.key is not None:
+            return caller.key.bound_org_id
+        return org_id
+
     async def _key_org(self, caller: Caller, org_id: str | None) -> None:
         """Org admins act only on keys bound to an org they administer."""
         if caller.is_operator:
@@ -85,18 +92,16 @@ class PeopleRoutes:
         caller = await self.d.auth.caller(request)
         body = await Body.read(request, ("user_id", "org_id", "name"))
         user_id = body.ident("user_id", "usr")
-        org_id = body.ident_or_none("org_id", "org")
+        org_id = self._implied_org(caller, body.ident_or_none("org_id", "org"))
         name = body.text("name", required=False)
         await self._key_org(caller, org_id)
         return json_response(await self.d.directory.create_key(user_id, org_id, name, caller.actor), 201)
 
     async def list_keys(self, request: Request) -> Response:
-        """Keys (prefix only), by `user_id` and/or `org_id`; an org admin must name their org."""
+        """Keys (prefix only), by `user_id` and/or `org_id`; an org admin sees their org's only."""
         caller = await self.d.auth.caller(request)
         user_id = query_id(request, "user_id", "usr")
-        org_id = query_id(request, "org_id", "org")
-        if not caller.is_operator and org_id is None and caller.key is not None:
-            org_id = caller.key.bound_org_id
+        org_id = self._implied_org(caller, query_id(request, "org_id", "org"))
         await self._key_org(caller, org_id)
         limit, after = page(request)
         rows, has_more = await self.d.directory.list_keys(user_id, org_id, limit, after)
