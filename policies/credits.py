@@ -120,9 +120,15 @@ class ReserveCredits:
     def _void_orphan(self, task: asyncio.Task[Hold], request: HoldRequest) -> None:
         if task.cancelled() or task.exception() is not None:
             return
-        orphan = asyncio.ensure_future(self._retry(lambda: self._ledger.void(request.org_id, request.request_id)))
+        orphan = asyncio.ensure_future(self._void_quietly(request))
         self._orphans.add(orphan)
         orphan.add_done_callback(self._orphans.discard)
+
+    async def _void_quietly(self, request: HoldRequest) -> None:
+        try:
+            await self._retry(lambda: self._ledger.void(request.org_id, request.request_id))
+        except Exception as exc:  # the hold expires; the sweeper settles it (prompt_only)
+            log.error("could not void the hold of cancelled request %s: %s", request.request_id, type(exc).__name__)
 
     @contextlib.asynccontextmanager
     async def _checkpoints(self, ctx: RequestContext) -> AsyncIterator[None]:
