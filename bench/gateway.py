@@ -1,0 +1,180 @@
+"""Gateway overhead benchmark (not a test): `python -m bench.gateway [--seconds S] [--chain mod:factory]`.
+
+In one run, against the same fake provider (devstack/fake_provider.py), it measures
+(a) the provider directly, (b) a bare raw-ASGI + aiohttp passthrough (the floor), (c) the creditgate
+gateway with its chain as configured (empty unless `--chain`), (d) LiteLLM itself; (b)-(c) front the
+provider directly, so LiteLLM's ~10 ms do not hide the gateway's cost. Per target: latency p50/p99 at
+concurrency 1 and 32 (non-stream and 20-chunk streams; "added" = minus direct), server CPU per
+request / per stream (utime+stime of its process tree from /proc, divided by requests), and 64
+concurrent slow streams (20 chunks, 5 ms apart): achieved streams/s vs ideal, p99, server CPU%.
+Ratios are against the bare passthrough of the same run. 127.0.0.1 only; about 2-3 minutes.
+
+The load client is aiohttp (httpx costs ~1.8 ms CPU per request and collapses under 64 slow streams:
+shared/research/perf-ceiling.md), and it shares the machine's 2 cores with the servers, so absolute
+rates are pessimistic; CPU per request is the robust number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+from bench.gateway_load import Phase, run_phase
+from devstack import services
+
+ROOT = Path(__file__).resolve().parent.parent
+TICKS = os.sysconf("SC_CLK_TCK")
+MESSAGES = [{"role": "user", "content": "hi there"}]
+NONSTREAM = {"model": "fake-small", "messages": MESSAGES, "fake_chunks": 6}
+STREAM = {"model": "fake-small", "messages": MESSAGES, "fake_chunks": 20, "stream": True}
+SLOW = {**STREAM, "fake_delay_ms": 5}
+SLOW_IDEAL_SECONDS = 19 * 0.005  # 20 chunks, 5 ms between them
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    pid: int | None  # the server whose CPU is measured (None: not measured)
+    key: str = "sk-bench-client"
+    results: dict[str, Phase] = field(default_factory=dict)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """utime+stime of `pid` and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / TICKS
+        todo += children.get(current, [])
+    return total
+
+
+def spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    out = open(log, "ab")  # noqa: SIM115 - owned by the child
+    return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
+
+
+async def wait_ready(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            try:
+                async with session.post(f"{url}/v1/chat/completions", data=orjson.dumps(NONSTREAM),
+                                        headers={"authorization": f"Bearer {services.MASTER_KEY}"}) as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} not ready")
+
+
+async def measure(target: Target, seconds: float) -> None:
+    plan = [
+        ("ns_c1", NONSTREAM, 1), ("ns_c32", NONSTREAM, 32),
+        ("s_c1", STREAM, 1), ("s_c32", STREAM, 32), ("slow_c64", SLOW, 64),
+    ]
+    await run_phase(target.url, target.key, NONSTREAM, 8, seconds / 3)  # warm-up
+    for name, body, concurrency in plan:
+        before = tree_cpu_seconds(target.pid) if target.pid else 0.0
+        phase = await run_phase(target.url, target.key, body, concurrency, seconds)
+        phase.cpu_seconds = (tree_cpu_seconds(target.pid) - before) if target.pid else None
+        target.results[name] = phase
+        print(f"  {target.name:8} {name:9} {phase.summary()}", flush=True)
+
+
+def report(targets: list[Target]) -> None:
+    direct, bare = targets[0], targets[1]
+
+    def added(t: Target, phase: str, q: str) -> str:
+        return f"{(t.results[phase].quantile(q) - direct.results[phase].quantile(q)) * 1000:+.2f}"
+
+    print("\nadded latency over direct, ms (p50 / p99)")
+    print(f"{'target':10} {'ns c=1':>16} {'ns c=32':>16} {'stream c=1':>16} {'stream c=32':>16}")
+    for t in targets[1:]:
+        cells = [f"{added(t, p, '50')} / {added(t, p, '99')}" for p in ("ns_c1", "ns_c32", "s_c1", "s_c32")]
+        print(f"{t.name:10} " + " ".join(f"{c:>16}" for c in cells))
+    print("\nserver CPU: µs per non-stream request (c=32) / per 20-chunk stream (c=32); ratio to bare")
+    for t in targets[1:]:
+        ns, s = t.results["ns_c32"].cpu_per_request_us(), t.results["s_c32"].cpu_per_request_us()
+        rns, rs = ns / bare.results["ns_c32"].cpu_per_request_us(), s / bare.results["s_c32"].cpu_per_request_us()
+        print(f"{t.name:10} {ns:8.0f} / {s:8.0f}   x{rns:.2f} / x{rs:.2f}")
+    print(f"\n64 concurrent slow streams (20 chunks x 5 ms); ideal {64 / SLOW_IDEAL_SECONDS:.0f} streams/s")
+    for t in targets:
+        p = t.results["slow_c64"]
+        cpu = f"{p.cpu_percent():5.1f}% of a core" if p.cpu_seconds is not None else "n/a"
+        ratio = p.rate() / direct.results["slow_c64"].rate()
+        print(f"{t.name:10} {p.rate():7.1f}/s ({p.rate() * SLOW_IDEAL_SECONDS / 64:5.1%} of ideal, "
+              f"{ratio:5.1%} of direct)  p99 {p.quantile('99') * 1000:6.1f} ms  server CPU {cpu}")
+
+
+async def main_async(seconds: float, chain: str | None, skip_litellm: bool) -> None:
+    logs = Path(tempfile.mkdtemp(prefix="creditgate-bench-"))
+    provider = services.start_fake_provider()
+    procs: list[subprocess.Popen[bytes]] = []
+    litellm: services.Service | None = None
+    try:
+        bare_port, gw_port = services.free_port(), services.free_port()
+        py = sys.executable
+        procs.append(spawn([py, "-m", "bench.gateway_servers", "bare", "--port", str(bare_port),
+                            "--upstream", provider.url], logs / "bare.log"))
+        gw_argv = [py, "-m", "bench.gateway_servers", "gateway", "--port", str(gw_port), "--upstream", provider.url]
+        procs.append(spawn(gw_argv + (["--chain", chain] if chain else []), logs / "gateway.log"))
+        targets = [
+            Target("direct", provider.url, provider.proc.pid),
+            Target("bare", f"http://127.0.0.1:{bare_port}", procs[0].pid),
+            Target("gateway", f"http://127.0.0.1:{gw_port}", procs[1].pid),
+        ]
+        if not skip_litellm:
+            litellm = services.start_litellm(services.render_litellm_config(provider.url, logs / "litellm.yaml"))
+            targets.append(Target("litellm", litellm.url, litellm.proc.pid, key=services.MASTER_KEY))
+        for t in targets:
+            await wait_ready(t.url)
+        print(f"bench: {seconds:g} s per phase; logs in {logs}")
+        for t in targets:
+            await measure(t, seconds)
+        report(targets)
+    finally:
+        for proc in procs:
+            services.Service("bench", proc, 0, "", logs / "x").stop()
+        if litellm is not None:
+            litellm.stop()
+        provider.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="creditgate gateway overhead benchmark")
+    parser.add_argument("--seconds", type=float, default=4.0, help="duration of each measured phase")
+    parser.add_argument("--chain", help="module:factory giving the policy chain, e.g. the full one")
+    parser.add_argument("--skip-litellm", action="store_true")
+    args = parser.parse_args()
+    asyncio.run(main_async(args.seconds, args.chain, args.skip_litellm))
+
+
+if __name__ == "__main__":
+    main()
