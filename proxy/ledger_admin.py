@@ -54,7 +54,11 @@ class LedgerQueries:
         for attempt in range(retries + 1):
             try:
                 async with self.db.acquire(timeout=self.timeout) as conn:
-                    return await conn.fetchval(sql, *args, timeout=self.timeout)
+                    try:
+                        return await conn.fetchval(sql, *args, timeout=self.timeout)
+                    except UNAVAILABLE:
+                        conn.terminate()  # never hand a connection in an unknown state back to the pool
+                        raise
             except UNAVAILABLE as exc:
                 if attempt == retries:
                     raise ProxyError.ledger_unavailable() from exc
@@ -63,7 +67,11 @@ class LedgerQueries:
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         try:
             async with self.db.acquire(timeout=self.timeout) as conn:
-                return list(await conn.fetch(sql, *args, timeout=self.timeout))
+                try:
+                    return list(await conn.fetch(sql, *args, timeout=self.timeout))
+                except UNAVAILABLE:
+                    conn.terminate()
+                    raise
         except UNAVAILABLE as exc:
             raise ProxyError.ledger_unavailable() from exc
 

@@ -32,6 +32,9 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    # after pg_terminate_backend a pooled connection can surface as InternalClientError
+    # ("cannot switch to state ..."; MagicStack/asyncpg#1069): a disconnect, not a bug of ours
+    asyncpg.InternalClientError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.TransactionRollbackError,
     asyncpg.exceptions.InsufficientResourcesError,
@@ -84,7 +87,11 @@ async def run_batch(pool: asyncpg.Pool, org_id: str, ttl: float, reserves: Seque
                     settles: Sequence[tuple[str, Settlement]], timeout: float) -> tuple[list[Outcome], list[Outcome]]:
     """One `ledger_batch` call in one transaction; returns (reserve outcomes, settle outcomes) in order."""
     async with pool.acquire(timeout=timeout) as conn:
-        rows = await conn.fetch(BATCH_SQL, *batch_args(org_id, ttl, reserves, settles), timeout=timeout)
+        try:
+            rows = await conn.fetch(BATCH_SQL, *batch_args(org_id, ttl, reserves, settles), timeout=timeout)
+        except UNAVAILABLE:
+            conn.terminate()  # never hand a connection in an unknown state back to the pool
+            raise
     res: list[Outcome | None] = [None] * len(reserves)
     sets: list[Outcome | None] = [None] * len(settles)
     for row in rows:

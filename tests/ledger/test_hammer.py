@@ -1,0 +1,124 @@
+"""Concurrency hammer across OS processes with fault injection.
+
+Phase 1 (admission): two processes race 2 x 300 reserves (the same ids from both: duplicates race
+across processes) of 1,000 millicredits on a pool that affords exactly 150: exactly 150 are admitted.
+Phase 2 (chaos, `LEDGER_HAMMER_SECONDS`, default 8 s): the processes settle those holds, then run
+reserve/settle/void cycles with duplicate and racing calls, settles cancelled mid-flight and
+re-driven, abandoned holds left to the sweepers (TTL 1 s), late settles after expiry, while this
+process terminates random ledger backends with pg_terminate_backend. At the end: verify is empty,
+no hold is pending, and every settle a client saw is in the database with the charge it saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import random
+import threading
+from typing import Any
+
+import asyncpg
+
+from proxy.ledger import PgLedger
+from proxy.migrate import migrate
+from proxy.verify import verify
+from tests.ledger import hammer
+
+AMOUNT, AFFORDABLE, ATTEMPTS = 1000, 150, 300
+SECONDS = float(os.environ.get("LEDGER_HAMMER_SECONDS", "8"))
+SEED = int(os.environ.get("LEDGER_HAMMER_SEED", "1"))
+
+
+async def _setup(dsn: str) -> None:
+    await migrate(dsn)
+    conn = await asyncpg.connect(dsn)
+    await conn.execute("INSERT INTO creditgate.orgs (id, name, tier) VALUES ($1, 'hammer', 'starter')", hammer.ORG)
+    for i, user in enumerate(hammer.USERS):
+        await conn.execute("INSERT INTO creditgate.users (id, email) VALUES ($1, $1 || '@x.io')", user)
+        # allocations oversubscribe the pool on purpose (each member may take half of it)
+        await conn.execute("INSERT INTO creditgate.memberships (org_id, user_id, allocation_millicredits) "
+                           "VALUES ($1, $2, $3)", hammer.ORG, user, None if i == 0 else AMOUNT * AFFORDABLE // 2)
+    await conn.close()
+    ledger = await PgLedger.connect(dsn, hold_ttl_seconds=60)
+    await ledger.grant(hammer.ORG, AMOUNT * AFFORDABLE, "seed", "seed", None, "operator")
+    await ledger.close()
+
+
+def _killer(dsn: str, stop: threading.Event, kills: list[int]) -> None:
+    async def run() -> None:
+        conn = await asyncpg.connect(dsn)
+        rng = random.Random(SEED)
+        while not stop.is_set():
+            await asyncio.sleep(rng.uniform(0.05, 0.3))
+            n = await conn.fetchval("""SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                                        WHERE datname = current_database() AND application_name = 'creditgate-ledger'
+                                          AND pid <> pg_backend_pid() AND random() < 0.1""")
+            kills.append(int(n))
+        await conn.close()
+    asyncio.run(run())
+
+
+async def _final_state(dsn: str) -> dict[str, Any]:
+    ledger = await PgLedger.connect(dsn, hold_ttl_seconds=60)
+    conn = await asyncpg.connect(dsn)
+    try:
+        for _ in range(100):  # what the sweepers left: holds abandoned in the last second
+            await ledger.expire()
+            if not await conn.fetchval("SELECT count(*) FROM creditgate.holds WHERE state = 'pending'"):
+                break
+            await asyncio.sleep(0.1)
+        return {
+            "pending": await conn.fetchval("SELECT count(*) FROM creditgate.holds WHERE state = 'pending'"),
+            "usage": {r["request_id"]: (r["charged"], r["usage_source"]) for r in await conn.fetch(
+                "SELECT request_id, charged, usage_source FROM creditgate.usage_records")},
+            "pool": tuple(await conn.fetchrow("SELECT granted, posted, pending, overage FROM creditgate.pools")),
+            "violations": await verify(dsn),
+        }
+    finally:
+        await conn.close()
+        await ledger.close()
+
+
+def test_hammer(fresh_db: str) -> None:
+    asyncio.run(_setup(fresh_db))
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(2) as procs:
+        phase1 = procs.map(hammer.admission, [(fresh_db, p, ATTEMPTS, AMOUNT, 32) for p in range(2)])
+    held = [rid for r in phase1 for rid in r["held"]]
+    assert len(held) == AFFORDABLE and len(set(held)) == AFFORDABLE
+    assert sum(r["refused"] + r["in_use"] for r in phase1) == 2 * ATTEMPTS - AFFORDABLE
+
+    async def grant_more() -> None:
+        ledger = await PgLedger.connect(fresh_db, hold_ttl_seconds=60)
+        await ledger.grant(hammer.ORG, 3_000_000, "top up", "more", None, "operator")
+        await ledger.close()
+    asyncio.run(grant_more())
+
+    stop, kills = threading.Event(), []
+    killer = threading.Thread(target=_killer, args=(fresh_db, stop, kills))
+    killer.start()
+    try:
+        with ctx.Pool(2) as procs:
+            logs = procs.map(hammer.chaos, [(fresh_db, p, SECONDS, phase1[p]["held"], SEED) for p in range(2)])
+    finally:
+        stop.set()
+        killer.join()
+    final = asyncio.run(_final_state(fresh_db))
+
+    assert final["violations"] == []
+    assert final["pending"] == 0
+    granted, posted, pending, overage = final["pool"]
+    assert posted + pending <= granted and pending == 0
+    settled = {rid: c for log in logs for rid, c in log["settled"].items()}
+    for rid, charge in settled.items():  # no lost usage: the charge each client saw is recorded
+        assert final["usage"][rid][0] == charge, rid
+    for rid in (r for log in logs for r in log["abandoned"]):  # the sweeper settled them from the prompt
+        assert final["usage"][rid] == (10, "prompt_only"), rid
+    for rid in (r for log in logs for r in log["voided"]):
+        assert rid not in final["usage"], rid
+    for rid in (r for log in logs for r in log["unknown"] + log["cancelled"]):  # released, or prompt-only
+        assert final["usage"].get(rid, (10, "prompt_only")) == (10, "prompt_only"), rid
+    expected = set(settled) | {r for log in logs for r in log["abandoned"] + log["unknown"] + log["cancelled"]}
+    assert set(final["usage"]) <= expected  # no phantom usage
+    assert len(settled) > 500 and sum(kills) > 0 and sum(log["late"] for log in logs) > 0
