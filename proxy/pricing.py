@@ -244,12 +244,21 @@ def _deployment(entry: Any, where: str, problems: list[str]) -> Deployment | Non
     return Deployment(
         id=str(info.get("id") or f"{name}#{where}"),
         model_name=name,
-        provider=target.split("/", 1)[0] if "/" in target else "openai",
+        provider=_provider(params, target),
         price=Price(prices["input_cost_per_token"], prices["output_cost_per_token"], prices["output_cost_per_image"]),
         byok=byok,
         max_output_tokens=cap,
         mode=str(info.get("mode", "chat")),
     )
+
+
+def _provider(params: Mapping[str, Any], target: str) -> str:
+    """`custom_llm_provider` when given, else the prefix of `litellm_params.model` (LiteLLM's own
+    rule); a bare model name is an OpenAI one."""
+    explicit = params.get("custom_llm_provider")
+    if isinstance(explicit, str) and explicit:
+        return explicit
+    return target.split("/", 1)[0] if "/" in target else "openai"
 
 
 def check_policy(policy: PolicyConfig, catalogue: Catalogue, *, source: str = "CREDITGATE_POLICY_CONFIG") -> None:

@@ -210,3 +210,14 @@ async def test_prompts_over_the_encoders_limits_are_counted(counter: TokenCounte
     assert sync == await counter.prompt_tokens_async("chat/completions", body)  # counted in a thread
     # 3 tokens a repeat; each of the 32 pieces may split a word (one more token at most)
     assert 210_000 <= sync - REPLY_PRIMING - MESSAGE_OVERHEAD - 1 <= 210_000 + 32
+
+
+def test_provider_is_the_model_prefix_or_custom_llm_provider() -> None:
+    text = """
+model_list:
+  - {model_name: a, litellm_params: {model: anthropic/claude-x}}
+  - {model_name: b, litellm_params: {model: my-model, custom_llm_provider: together_ai}}
+  - {model_name: c, litellm_params: {model: gpt-4o}}
+"""
+    catalogue = parse_catalogue(text)
+    assert [catalogue.models[n].provider for n in "abc"] == ["anthropic", "together_ai", "openai"]
