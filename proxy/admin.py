@@ -52,6 +52,8 @@ def admin_routes(
         Route("/admin/orgs/{org}/adjustments", orgs.adjust, methods=["POST"]),
         Route("/admin/orgs/{org}/usage", orgs.usage, methods=["GET"]),
         Route("/admin/orgs/{org}/ledger", orgs.ledger, methods=["GET"]),
+        Route("/admin/orgs/{org}/audit", orgs.audit, methods=["GET"]),
+        Route("/admin/audit", orgs.audit, methods=["GET"]),
         Route("/admin/orgs/{org}/members/{user}", people.put_member, methods=["PUT"]),
         Route("/admin/orgs/{org}/members/{user}", people.delete_member, methods=["DELETE"]),
         Route("/admin/users", people.create_user, methods=["POST"]),

@@ -20,6 +20,8 @@ class AdminDirectory(DirectoryAdmin, Protocol):
 
     async def audit(self, actor: str, action: str, org_id: str | None, target: str | None, detail: Row) -> None: ...
 
+    async def list_audit(self, org_id: str | None, limit: int, after: str | None) -> tuple[Sequence[Row], bool]: ...
+
 
 @dataclass(frozen=True, slots=True)
 class AdminDeps:

@@ -108,6 +108,20 @@ class OrgRoutes:
         rows = await self.d.ledger.usage(org_id, group_by=group_by, user_id=user_id, start=start, end=end)
         return listing(list(rows), False)
 
+    async def audit(self, request: Request) -> Response:
+        """GET /admin/audit (operator; `org_id` filters) and GET /admin/orgs/{org}/audit (org admins):
+        who changed what, newest first."""
+        org_id: str | None
+        if "org" in request.path_params:
+            _, org_id = await self.d.auth.org_admin(request)
+            await self._existing(org_id)
+        else:
+            await self.d.auth.operator(request)
+            org_id = query_id(request, "org_id", "org")
+        limit, after = page(request)
+        rows, has_more = await self.d.directory.list_audit(org_id, limit, after)
+        return listing(rows, has_more)
+
     async def ledger(self, request: Request) -> Response:
         """The org's journal, newest first, optionally one member's entries (`user_id`)."""
         _, org_id = await self.d.auth.org_admin(request)

@@ -191,6 +191,14 @@ class PgDirectory:
         """Records an admin action done elsewhere (grants and adjustments live in the ledger)."""
         await self._fetch(sql.AUDIT, actor, action, org_id, target, orjson.dumps(detail, default=str).decode())
 
+    async def list_audit(self, org_id: str | None, limit: int, after: str | None) -> tuple[Sequence[Row], bool]:
+        """Admin actions, newest first, optionally of one org; `after` is the last row's "id"."""
+        cursor = int(after) if after is not None and after.isdigit() else None
+        rows, has_more = _page(await self._fetch(sql.LIST_AUDIT, org_id, cursor, limit + 1), limit)
+        for row in rows:
+            row["detail"] = orjson.loads(row["detail"])
+        return rows, has_more
+
     # ------------------------------------------------------------------ BYOK keys
 
     async def put_provider_key(

@@ -125,6 +125,14 @@ WITH k AS (UPDATE creditgate.api_keys SET revoked_at = coalesce(revoked_at, now(
 SELECT key_hash FROM k
 """
 
+# newest first; the cursor is the last row's id (a decimal string)
+LIST_AUDIT = """
+SELECT id::text AS id, actor, action, org_id, target, detail::text AS detail, created_at
+  FROM creditgate.admin_audit
+ WHERE ($1::text IS NULL OR org_id = $1) AND ($2::bigint IS NULL OR id < $2)
+ ORDER BY id DESC LIMIT $3
+"""
+
 AUDIT = """
 INSERT INTO creditgate.admin_audit (actor, action, org_id, target, detail) VALUES ($1, $2, $3, $4, $5::jsonb)
 """

@@ -85,6 +85,9 @@ def _schemas(tiers: list[str], levels: list[str]) -> dict[str, Schema]:
                                                    ("key",))]},
         "Credit": _obj({"amount_millicredits": amount, "reason": STR, "idempotency_key": STR}, (
             "amount_millicredits", "reason", "idempotency_key")),
+        "AuditEntry": _obj({"id": STR, "actor": {**STR, "description": "'operator' or the org admin's usr_ id"},
+                            "action": STR, "org_id": NULL_STR, "target": NULL_STR, "detail": ANY_OBJECT,
+                            "created_at": TIME}),
         "Usage": _obj({"requests": INT, "prompt_tokens": INT, "completion_tokens": INT,
                        "charged_millicredits": amount, "list_price_millicredits": amount}),
         "Credits": _obj({"org_id": STR, "pool": _obj({"balance": amount, "held": amount, "available": amount}),
@@ -169,6 +172,10 @@ def _admin_paths(tiers: list[str]) -> dict[str, Schema]:
                                                    _param("user_id"), *WINDOW])},
         "/admin/orgs/{org}/ledger": {"get": _op("The org's journal, newest first", "admin", _listing(ANY_OBJECT),
                                                 params=[org, _param("user_id"), *PAGE], errors=org_errors)},
+        "/admin/orgs/{org}/audit": {"get": _op("Who changed what in the org, newest first", "admin",
+                                               _listing(_ref("AuditEntry")), params=[org, *PAGE], errors=org_errors)},
+        "/admin/audit": {"get": _op("Every admin action, newest first", "admin", _listing(_ref("AuditEntry")),
+                                    params=[_param("org_id"), *PAGE], errors=(403,))},
         "/admin/orgs/{org}/members/{user}": {
             "put": _op("Add or change a member (only the fields sent change)", "admin", _ref("Member"),
                        params=[org, user], body=_ref("MemberFields"), errors=org_errors),

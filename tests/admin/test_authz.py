@@ -159,3 +159,32 @@ async def test_audit_records_each_operator_action(admin: Admin) -> None:
         {"actor": "operator", "action": "key.revoke", "org_id": org, "target": key_id},
         {"actor": "operator", "action": "member.delete", "org_id": org, "target": ann},
     ]
+
+
+async def test_the_audit_log_is_readable_by_the_operator_and_each_org_admin_for_their_org(admin: Admin) -> None:
+    mine, other = await admin.org("Mine"), await admin.org("Other")
+    boss, auth = await admin.org_admin(mine)
+    await admin.call("PUT", f"/admin/orgs/{mine}/members/{boss}", {"allocation_millicredits": 9}, headers=auth)
+    await admin.ok("PATCH", f"/admin/orgs/{other}", {"tier": "free"})
+    theirs = await admin.call("GET", f"/admin/orgs/{mine}/audit", headers=auth)
+    assert theirs.status_code == 200
+    assert [(e["actor"], e["action"], e["target"]) for e in theirs.json()["data"]] == [
+        (boss, "member.put", boss),
+        ("operator", "key.create", theirs.json()["data"][1]["target"]),
+        ("operator", "member.put", boss),
+        ("operator", "org.create", mine),
+    ]
+    assert theirs.json()["data"][0]["detail"] == {"allocation_millicredits": 9}
+    denied = await admin.call("GET", f"/admin/orgs/{other}/audit", headers=auth)
+    assert error(denied) == (403, "permission_error", "not_a_member")
+    assert error(await admin.call("GET", "/admin/audit", headers=auth)) == (403, "permission_error", "operator_only")
+    everything = await admin.ok("GET", "/admin/audit", limit=3)
+    assert [e["action"] for e in everything["data"]] == ["org.update", "member.put", "key.create"]
+    assert everything["has_more"] is True
+    rest = await admin.ok("GET", "/admin/audit", after=everything["data"][-1]["id"])
+    assert [e["action"] for e in rest["data"]] == ["member.put", "user.create", "org.create", "org.create"]
+    assert rest["has_more"] is False
+    only_other = await admin.ok("GET", "/admin/audit", org_id=other)
+    assert [(e["action"], e["detail"]) for e in only_other["data"]] == [
+        ("org.update", {"tier": "free"}), ("org.create", {"name": "Other", "tier": "starter"}),
+    ]

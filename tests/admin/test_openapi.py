@@ -17,6 +17,8 @@ ADMIN = {
     "/admin/orgs/{org}/adjustments": {"post"},
     "/admin/orgs/{org}/usage": {"get"},
     "/admin/orgs/{org}/ledger": {"get"},
+    "/admin/orgs/{org}/audit": {"get"},
+    "/admin/audit": {"get"},
     "/admin/orgs/{org}/members/{user}": {"put", "delete"},
     "/admin/users": {"get", "post"},
     "/admin/keys": {"get", "post"},
