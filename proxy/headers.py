@@ -56,11 +56,11 @@ def upstream_request_headers(upstream_key: str) -> dict[str, str]:
     }
 
 
-def bearer_token(raw: bytes | None) -> str | None:
+def bearer_token(raw: str | None) -> str | None:
     """The token of an `Authorization: Bearer <token>` header, or None."""
     if not raw:
         return None
-    scheme, _, token = raw.decode("latin-1").strip().partition(" ")
+    scheme, _, token = raw.strip().partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         return None

@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 from proxy.context import Policy, RequestContext
 from proxy.errors import ProxyError
 from proxy.headers import RawHeaders, bearer_token, client_response_headers, gateway_headers
-from proxy.logs import request_info
+from proxy.logs import RequestInfo, request_info
 from proxy.metrics import Metrics
 from proxy.request_body import ClientGone, observe_answer, parse_request, read_body
 from proxy.settings import Secret, Settings
@@ -49,43 +49,66 @@ class Passthrough:
         started = time.perf_counter()
         info = request_info(scope)
         info.route = scope["route"].path if "route" in scope else self.path
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        ctx = await self._context(scope, receive, send, info)
+        if ctx is None:
+            return
+        waited = 0.0
+        try:
+            async with ctx.cleanup:
+                if await self._admit(ctx, send):
+                    info.model = ctx.model or info.model
+                    waited = await self._serve(ctx, receive, send)
+        except Exception:  # noqa: BLE001 - the answer is out; a failing cleanup is logged, never a 500
+            log.exception("request cleanup failed", extra={"request_id": ctx.request_id})
+        self.metrics.timing(info.route, waited, time.perf_counter() - started - waited)
+
+    async def _context(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> RequestContext | None:
+        """The request's context from its body and headers, or None once a 4xx went out."""
         try:
             raw = await read_body(scope, receive, self.settings.max_body_bytes)
             body, stream = parse_request(raw, self.route)
         except ProxyError as err:
             self.metrics.rejected(err.code)
             await _send_error(send, err, info.request_id, {})
-            return
+            return None
         except ClientGone:
             info.status = 499  # nginx's "client closed request": nothing was sent
-            return
-        token = bearer_token(headers.get("authorization", "").encode("latin-1"))
-        ctx = RequestContext(
+            return None
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        token = bearer_token(headers.get("authorization"))
+        info.model = str(body["model"])
+        return RequestContext(
             request_id=info.request_id, route=self.route, headers=headers, body=body,
             api_key=Secret(token) if token else None, request_id_from_client=info.from_client, stream=stream,
             client_wants_usage=stream and (body.get("stream_options") or {}).get("include_usage") is True,
         )
-        info.model = str(body["model"])
-        waited = 0.0
-        async with ctx.cleanup:
-            try:
-                for policy in self.policies:
-                    await policy(ctx)
-            except ProxyError as err:
-                ctx.failure = ctx.failure or err.code
-                self.metrics.rejected(err.code)
-                await _send_error(send, err, ctx.request_id, ctx.response_headers)
-                return
-            info.model = ctx.model or info.model
-            try:
-                waited = await self._forward(ctx, receive, send)
-            except ProxyError as err:
-                await self._fail(ctx, send, err)
-            except Exception:
-                log.exception("passthrough failed", extra={"request_id": ctx.request_id})
-                await self._fail(ctx, send, ProxyError.upstream_failed())
-        self.metrics.timing(info.route, waited, time.perf_counter() - started - waited)
+
+    async def _admit(self, ctx: RequestContext, send: Send) -> bool:
+        """Run the chain; False once its refusal went out."""
+        try:
+            for policy in self.policies:
+                await policy(ctx)
+            return True
+        except ProxyError as err:
+            refusal = err
+        except Exception:  # noqa: BLE001 - fail closed: a broken policy refuses, it never lets through
+            log.exception("policy failed", extra={"request_id": ctx.request_id})
+            refusal = ProxyError.upstream_failed("The gateway could not process the request.")
+        ctx.failure = ctx.failure or refusal.code
+        self.metrics.rejected(refusal.code)
+        await _send_error(send, refusal, ctx.request_id, ctx.response_headers)
+        return False
+
+    async def _serve(self, ctx: RequestContext, receive: Receive, send: Send) -> float:
+        """Forward and answer; every failure is rendered here. Returns the seconds spent on LiteLLM."""
+        try:
+            return await self._forward(ctx, receive, send)
+        except ProxyError as err:
+            await self._fail(ctx, send, err)
+        except Exception:  # noqa: BLE001 - rendered as 502, logged with the traceback
+            log.exception("passthrough failed", extra={"request_id": ctx.request_id})
+            await self._fail(ctx, send, ProxyError.upstream_failed())
+        return 0.0
 
     async def _forward(self, ctx: RequestContext, receive: Receive, send: Send) -> float:
         """Send the request to LiteLLM and relay its answer; returns the seconds spent waiting on it."""

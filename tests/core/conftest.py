@@ -4,7 +4,8 @@ fake provider, with a tiny test chain instead of the billing policies.
 The test chain (`Probe`) records every RequestContext by request id and signals when its cleanup
 ran; headers steer it: `x-test-byok: <key>` injects a member key (ctx.byok, provider "openai"),
 `x-test-platform-key: <key>` injects a key without marking it BYOK, `x-test-settle: 1` installs a
-`settle_now` that records when it ran and adds X-Credits-Charged.
+`settle_now` that records when it ran and adds X-Credits-Charged, `x-test-crash: policy|cleanup`
+makes the policy or its cleanup step raise.
 """
 
 from __future__ import annotations
@@ -46,6 +47,15 @@ class Probe:
         self.seen[ctx.request_id] = ctx
         event = self.done.setdefault(ctx.request_id, threading.Event())
         ctx.cleanup.callback(event.set)
+        crash = ctx.headers.get("x-test-crash")
+        if crash == "policy":
+            raise RuntimeError("policy bug with sk-secret-in-message")
+        if crash == "cleanup":
+
+            async def broken() -> None:
+                raise RuntimeError("settlement bug")
+
+            ctx.cleanup.push_async_callback(broken)
         byok = ctx.headers.get("x-test-byok")
         if byok:
             ctx.byok, ctx.byok_key, ctx.provider = True, Secret(byok), "openai"

@@ -125,3 +125,15 @@ def test_health_readiness_and_metrics(http: httpx.Client, start_gateway: Gateway
     assert "creditgate_active_streams 0.0" in text
     assert 'creditgate_overhead_seconds_count{route="/v1/chat/completions"}' in text
     assert 'creditgate_upstream_duration_seconds_count{route="/v1/chat/completions"}' in text
+
+
+def test_a_broken_policy_or_cleanup_is_never_a_500(http: httpx.Client, gateway: Gateway) -> None:
+    refused = http.post("/v1/chat/completions", json=chat(), headers={"x-test-crash": "policy"})
+    assert (refused.status_code, refused.json()) == (502, error(
+        "upstream_failed", "The gateway could not process the request.", type_="upstream_error"))
+    rid = "cleanup-crash-1"
+    served = http.post("/v1/chat/completions", json=chat(fake_chunks=2),
+                       headers={"x-test-crash": "cleanup", "x-request-id": rid})
+    assert served.status_code == 200 and served.json()["choices"][0]["message"]["content"] == "Hello w1"
+    assert gateway.probe.context(rid).failure is None
+    assert http.get("/healthz").status_code == 200
