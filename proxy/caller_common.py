@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute, Route
 
 from proxy.context import Membership, Policy, RequestContext
 from proxy.errors import ProxyError
+from proxy.logs import request_info
 
 PREFIXES = ("/v1", "/api/v1/llm")
 SCOPES = ("user", "org")
@@ -39,7 +40,9 @@ def identify_with(policies: Sequence[Policy]) -> Identify:
 
     async def identify(request: Request) -> RequestContext:
         headers = {k.lower(): v for k, v in request.headers.items()}
-        ctx = RequestContext(request_id="req_caller", route="caller", headers=headers, body={})
+        info = request_info(request.scope)  # the access log's request id, so policy logs correlate
+        ctx = RequestContext(request_id=info.request_id, route="caller", headers=headers, body={},
+                             request_id_from_client=info.from_client)
         for policy in policies:
             await policy(ctx)
         if ctx.membership is None:
