@@ -4,10 +4,12 @@
 (text and content parts), tool and function definitions, response formats, `prompt` and `input`
 (strings or token arrays). `prompt_bound()` turns that count into an upper bound for the hold.
 
-The safety margin: models behind LiteLLM use other tokenizers (Claude, Llama, Qwen). Across the
-common ones, the same English or code text takes at most about 1.3x the o200k_base count; we hold
-for 1.5x plus a fixed 64 tokens, and count every image part as `IMAGE_PART_TOKENS`, above what the
-OpenAI and Anthropic vision pricing rules charge for one image (research/tokenizers.md).
+The safety margin: the models behind LiteLLM use other tokenizers (Claude, Llama, Qwen) that count
+the same text differently, so an o200k_base count is an estimate (research/tokenizers.md). The hold
+is for 1.5x that count plus 64 tokens, and every image part counts as `IMAGE_PART_TOKENS`, more than
+one image costs under the OpenAI and Anthropic vision pricing rules as we understand them. The bound
+only sizes the hold: a provider that reports more is still charged its real usage at settlement (the
+ledger records any excess over the hold as overage).
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ import orjson
 
 MESSAGE_OVERHEAD = 4  # role and separators per chat message (OpenAI's own accounting uses 3-4)
 REPLY_PRIMING = 3  # tokens that start the assistant's reply
-IMAGE_PART_TOKENS = 3000  # gpt-4.1-mini patches cap near 2,500; Claude ~1,600; Gemini 258
-THREAD_ABOVE_CHARS = 32_768  # about 10 ms of tokenizing
+IMAGE_PART_TOKENS = 3000  # per image part, whatever its size or detail setting
+THREAD_ABOVE_CHARS = 32_768  # a few ms of tokenizing (13 M characters took 2.8 s)
 PIECE_CHARS = 40_000  # at most 4 tokens per character: under the encoder's 200,000-token limit
 BOUND_FACTOR = Fraction(3, 2)
 BOUND_SLACK = 64
