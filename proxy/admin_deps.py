@@ -14,6 +14,10 @@ from proxy.stores import DirectoryAdmin, LedgerAdmin, Row
 class AdminDirectory(DirectoryAdmin, Protocol):
     """`DirectoryAdmin` plus the reads the admin routes need (PgDirectory implements all of it)."""
 
+    async def list_users(
+        self, limit: int, after: str | None, email: str | None = None
+    ) -> tuple[Sequence[Row], bool]: ...
+
     async def memberships(self, user_id: str) -> Sequence[Membership]: ...
 
     async def get_key(self, key_id: str) -> Row | None: ...

@@ -41,7 +41,8 @@ class PeopleRoutes:
     async def list_users(self, request: Request) -> Response:
         await self.d.auth.operator(request)
         limit, after = page(request)
-        rows, has_more = await self.d.directory.list_users(limit, after)
+        email = request.query_params.get("email")
+        rows, has_more = await self.d.directory.list_users(limit, after, email.strip().lower() if email else None)
         return listing(rows, has_more)
 
     # ------------------------------------------------------------------ members

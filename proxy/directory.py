@@ -140,8 +140,11 @@ class PgDirectory:
         """Raises 409 `email_taken` for an email already in use."""
         return await self._one(sql.CREATE_USER, new_id("usr"), email, name, actor)
 
-    async def list_users(self, limit: int, after: str | None) -> tuple[Sequence[Row], bool]:
-        return _page(await self._fetch(sql.LIST_USERS, after, limit + 1), limit)
+    async def list_users(
+        self, limit: int, after: str | None, email: str | None = None
+    ) -> tuple[Sequence[Row], bool]:
+        """Users by id; `email` (lower-case, as stored) finds one."""
+        return _page(await self._fetch(sql.LIST_USERS, after, limit + 1, email), limit)
 
     # ------------------------------------------------------------------ memberships
 

@@ -74,7 +74,9 @@ SELECT {USER} FROM u
 """
 
 LIST_USERS = f"""
-SELECT {USER} FROM creditgate.users u WHERE $1::text IS NULL OR u.id > $1 ORDER BY u.id LIMIT $2
+SELECT {USER} FROM creditgate.users u
+ WHERE ($1::text IS NULL OR u.id > $1) AND ($3::text IS NULL OR u.email = $3)
+ ORDER BY u.id LIMIT $2
 """
 
 PUT_MEMBER = """

@@ -185,7 +185,8 @@ def _admin_paths(tiers: list[str]) -> dict[str, Schema]:
         "/admin/users": {
             "post": _op("Create a user", "admin", _ref("User"), status=201, errors=(403, 409),
                         body=_obj({"email": STR, "name": STR}, ("email",))),
-            "get": _op("List users", "admin", _listing(_ref("User")), params=PAGE, errors=(403,)),
+            "get": _op("List users (or find one by email)", "admin", _listing(_ref("User")),
+                       params=[_param("email"), *PAGE], errors=(403,)),
         },
         "/admin/keys": {
             "post": _op("Create an API key (shown once)", "admin", _ref("CreatedKey"), status=201,

@@ -23,6 +23,9 @@ async def test_create_and_list_users(admin: Admin) -> None:
     assert nameless["name"] == ""
     listed = await admin.ok("GET", "/admin/users")
     assert [u["email"] for u in listed["data"]] == ["ann@acme.test", "bob@acme.test"]
+    found = await admin.ok("GET", "/admin/users", email="Bob@Acme.test")
+    assert found == {"data": [nameless], "has_more": False}
+    assert (await admin.ok("GET", "/admin/users", email="nobody@acme.test"))["data"] == []
 
 
 async def test_same_email_twice_is_409_whatever_its_case(admin: Admin) -> None:
