@@ -7,12 +7,23 @@ import secrets
 from collections.abc import AsyncIterator
 
 import aiohttp
+import asyncpg
 import httpx
 import pytest
+from starlette.applications import Starlette
 
 from devstack import services
+from proxy.caller import caller_routes
 from proxy.caller_probe import ACCEPTED, PLATFORM, RATE_LIMITED, REJECTED, UNREACHABLE, classify, litellm_probe
+from proxy.crypto import KeyBox
+from proxy.directory import PgDirectory
+from proxy.errors import ProxyError
+from proxy.policy_config import PolicyConfig
+from proxy.pricing import Catalogue
 from proxy.settings import Secret
+
+from .conftest import TOKENS, answer, render
+from .fakes import FakeIdentify, FakeLedger
 
 
 @pytest.fixture
@@ -72,3 +83,25 @@ async def test_an_unreachable_model_service(session: aiohttp.ClientSession) -> N
 ])
 def test_classification_of_litellm_answers(status: int, raw: bytes, expected: tuple[int, str]) -> None:
     assert classify(status, raw) == expected
+
+
+async def test_the_test_route_through_the_real_litellm(
+    session: aiohttp.ClientSession, litellm: services.Service, fake_provider: services.Service, pool: asyncpg.Pool,
+    catalogue: Catalogue, policy: PolicyConfig, keybox: KeyBox,
+) -> None:
+    probe = litellm_probe(session, litellm.url, Secret(services.MASTER_KEY))
+    routes = caller_routes(identify=FakeIdentify(TOKENS), ledger=FakeLedger(), directory=PgDirectory(pool),
+                           catalogue=catalogue, policy=policy, keybox=keybox, probe=probe, created=0)
+    app = Starlette(routes=routes, exception_handlers={ProxyError: render})
+    good, bad = f"sk-route-valid-{secrets.token_hex(6)}", f"sk-reject-route-{secrets.token_hex(6)}"
+    auth = {"Authorization": "Bearer root"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http:
+        await http.post("/v1/byok/keys", headers=auth, json={"provider": "openai", "api_key": good})
+        await http.post("/v1/byok/keys", headers=auth, json={"provider": "openai", "api_key": bad, "scope": "org"})
+        mine = await http.post("/v1/byok/keys/openai/test", headers=auth)
+        org = await http.post("/v1/byok/keys/openai/test?scope=org", headers=auth)
+    assert answer(mine) == (200, {"ok": True, "status": 200, "message": ACCEPTED})
+    assert answer(org) == (200, {"ok": False, "status": 401, "message": REJECTED})
+    assert [b["model"] for b in provider_saw(fake_provider, good)] == ["byok-gpt"]
+    assert [b["model"] for b in provider_saw(fake_provider, bad)] == ["byok-gpt"]
+    assert good not in mine.text + org.text and bad not in mine.text + org.text
