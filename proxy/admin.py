@@ -45,7 +45,7 @@ def admin_routes(
     orgs, people = OrgRoutes(deps), PeopleRoutes(deps)
     return [
         Route("/admin/orgs", orgs.create, methods=["POST"]),
-        Route("/admin/orgs", orgs.list, methods=["GET"]),
+        Route("/admin/orgs", orgs.list_all, methods=["GET"]),
         Route("/admin/orgs/{org}", orgs.get, methods=["GET"]),
         Route("/admin/orgs/{org}", orgs.update, methods=["PATCH"]),
         Route("/admin/orgs/{org}/grants", orgs.grant, methods=["POST"]),

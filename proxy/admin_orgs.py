@@ -42,7 +42,7 @@ class OrgRoutes:
             raise ProxyError.missing_field("tier")
         return json_response(await self.d.directory.create_org(name, tier, caller.actor), 201)
 
-    async def list(self, request: Request) -> Response:
+    async def list_all(self, request: Request) -> Response:
         await self.d.auth.operator(request)
         limit, after = page(request)
         rows, has_more = await self.d.directory.list_orgs(limit, after)
