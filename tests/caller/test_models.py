@@ -7,7 +7,12 @@ from typing import Any
 
 import pytest
 
+from proxy.models_api import usable
+from proxy.policy_config import PolicyConfig
+from proxy.pricing import Catalogue
+
 from .conftest import CREATED, Caller, answer, error
+from .fakes import member
 
 PLATFORM = ["mock-gpt", "fake-small", "fake-medium", "fake-large", "fake-gpt-4o-mini", "fake-multi", "fake-embed",
             "fake-image"]
@@ -90,3 +95,10 @@ async def test_models_need_a_valid_key(caller: Caller) -> None:
     for path in ("/v1/models", "/v1/models/categorized", "/v1/models/mock-gpt"):
         response = await caller.http.get(path)
         assert answer(response) == error(401, "authentication_error", "invalid_api_key", "Invalid API key.")
+
+
+def test_an_org_on_a_tier_the_policy_file_does_not_know_may_use_nothing(catalogue: Catalogue,
+                                                                        policy: PolicyConfig) -> None:
+    known, unknown = member("org_x", "usr_x", tier="starter"), member("org_x", "usr_x", tier="platinum")
+    model = catalogue.models["fake-small"]
+    assert (usable(model, known, set(), policy), usable(model, unknown, {"openai"}, policy)) == (True, False)
