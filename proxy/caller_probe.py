@@ -25,17 +25,23 @@ TIMEOUT = "The key could not be tested: the model service did not answer in time
 
 
 def litellm_probe(
-    session: aiohttp.ClientSession, upstream_url: str, upstream_key: Secret, *, timeout: float = 30.0
+    session: aiohttp.ClientSession | Callable[[], aiohttp.ClientSession],
+    upstream_url: str,
+    upstream_key: Secret,
+    *,
+    timeout: float = 30.0,
 ) -> Callable[[str, Secret], Awaitable[tuple[int, str]]]:
-    """A `Probe` (proxy/byok_api.py) posting to `{upstream_url}/v1/chat/completions` on `session`."""
+    """A `Probe` (proxy/byok_api.py) posting to `{upstream_url}/v1/chat/completions` on `session`,
+    or on `session()` at call time (e.g. `lambda: upstream.session`, opened by the app's lifespan)."""
     url = upstream_url.rstrip("/") + "/v1/chat/completions"
+    current = session if callable(session) else (lambda: session)
 
     async def probe(model: str, key: Secret) -> tuple[int, str]:
         messages = [{"role": "user", "content": "ping"}]
         body = {"model": model, "messages": messages, "max_tokens": 1, "api_key": key.reveal()}
         headers = {"Authorization": f"Bearer {upstream_key.reveal()}", "Content-Type": "application/json"}
         try:
-            async with session.post(
+            async with current().post(
                 url, data=orjson.dumps(body), headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
             ) as resp:
                 raw = await resp.read()

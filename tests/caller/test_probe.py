@@ -89,7 +89,8 @@ async def test_the_test_route_through_the_real_litellm(
     session: aiohttp.ClientSession, litellm: services.Service, fake_provider: services.Service, pool: asyncpg.Pool,
     catalogue: Catalogue, policy: PolicyConfig, keybox: KeyBox,
 ) -> None:
-    probe = litellm_probe(session, litellm.url, Secret(services.MASTER_KEY))
+    # the app hands over a getter: its aiohttp session only exists once the lifespan opened it
+    probe = litellm_probe(lambda: session, litellm.url, Secret(services.MASTER_KEY))
     routes = caller_routes(identify=FakeIdentify(TOKENS), ledger=FakeLedger(), directory=PgDirectory(pool),
                            catalogue=catalogue, policy=policy, keybox=keybox, probe=probe, created=0)
     app = Starlette(routes=routes, exception_handlers={ProxyError: render})
