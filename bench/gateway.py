@@ -9,6 +9,10 @@ request / per stream (utime+stime of its process tree from /proc, divided by req
 concurrent slow streams (20 chunks, 5 ms apart): achieved streams/s vs ideal, p99, server CPU%.
 Ratios are against the bare passthrough of the same run. 127.0.0.1 only; about 2-3 minutes.
 
+By default everything (client, servers, LiteLLM) is pinned to CPU 0 (`--cpus 0`), like
+perf-ceiling.md's `1core` mode: on this VM waking another vCPU costs milliseconds, so unpinned c=1
+latencies swing with placement; `--cpus all` measures the whole box instead.
+
 The load client is aiohttp (httpx costs ~1.8 ms CPU per request and collapses under 64 slow streams:
 shared/research/perf-ceiling.md), and it shares the machine's 2 cores with the servers, so absolute
 rates are pessimistic; CPU per request is the robust number.
@@ -155,7 +159,7 @@ async def main_async(seconds: float, chain: str | None, skip_litellm: bool) -> N
             targets.append(Target("litellm", litellm.url, litellm.proc.pid, key=services.MASTER_KEY))
         for t in targets:
             await wait_ready(t.url)
-        print(f"bench: {seconds:g} s per phase; logs in {logs}")
+        print(f"bench: {seconds:g} s per phase; CPUs {sorted(os.sched_getaffinity(0))}; logs in {logs}")
         for t in targets:
             await measure(t, seconds)
         report(targets)
@@ -172,7 +176,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="duration of each measured phase")
     parser.add_argument("--chain", help="module:factory giving the policy chain, e.g. the full one")
     parser.add_argument("--skip-litellm", action="store_true")
+    parser.add_argument("--cpus", default="0", help="comma-separated CPUs every process is pinned to, or 'all'")
     args = parser.parse_args()
+    if args.cpus != "all":
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})  # children inherit it
     asyncio.run(main_async(args.seconds, args.chain, args.skip_litellm))
 
 

@@ -60,6 +60,8 @@ class Metrics:
                                   ["reason"], registry=r)
         self.active_streams = Gauge("creditgate_active_streams", "Streams being relayed now.", registry=r,
                                     multiprocess_mode="livesum")
+        self._requests: dict[tuple[str, int], Counter] = {}
+        self._routes: dict[str, tuple[Histogram, Histogram, Histogram]] = {}
         self.upstream_errors = Counter("creditgate_upstream_errors", "Upstream failures by error code.",
                                        ["code"], registry=r)
 
@@ -68,12 +70,24 @@ class Metrics:
         return name if name is not None and name in self._models else "other"
 
     def request(self, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, str(status)).inc()
-        self.request_duration.labels(route).observe(seconds)
+        key = (route, status)
+        counter = self._requests.get(key)
+        if counter is None:  # labels() costs a lock and a tuple build: keep the children per route
+            counter = self._requests[key] = self.requests.labels(route, str(status))
+        counter.inc()
+        self._per_route(route)[0].observe(seconds)
 
     def timing(self, route: str, upstream_seconds: float, overhead_seconds: float) -> None:
-        self.upstream_duration.labels(route).observe(upstream_seconds)
-        self.overhead.labels(route).observe(max(overhead_seconds, 0.0))
+        _, upstream, overhead = self._per_route(route)
+        upstream.observe(upstream_seconds)
+        overhead.observe(max(overhead_seconds, 0.0))
+
+    def _per_route(self, route: str) -> tuple[Histogram, Histogram, Histogram]:
+        children = self._routes.get(route)
+        if children is None:
+            children = self._routes[route] = (self.request_duration.labels(route),
+                                              self.upstream_duration.labels(route), self.overhead.labels(route))
+        return children
 
     def charged(self, model: str | None, prompt_tokens: int, completion_tokens: int, millicredits: int) -> None:
         label = self.model(model)

@@ -89,8 +89,23 @@ class StreamTap:
         if b'"usage"' in complete or b'"error"' in complete or _DONE in complete:
             return b"".join(self._event(e) for e in events)
         for event in events:
-            self._observe(event)
+            if not self._meter_fast(event):
+                self._observe(event)
         return complete
+
+    def _meter_fast(self, event: bytes) -> bool:
+        """Meter a plain one-choice content event without parsing it; False when it is not one."""
+        start = event.find(b'"content":"')
+        if start < 0 or b'"tool_calls"' in event or b'"reasoning' in event:
+            return False
+        start += 11
+        end = event.find(b'"', start)
+        piece = event[start:end]
+        if end < 0 or b"\\" in piece or event.find(b'"content":"', end) >= 0:
+            return False  # escapes or several choices: let orjson read it
+        if piece:
+            self._meter.feed(piece.decode("utf-8", "replace"))
+        return True
 
     def _observe(self, event: bytes) -> dict[str, Any] | None:
         """Parse a data event and meter its text; returns the parsed object (or None)."""

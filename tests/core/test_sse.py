@@ -75,3 +75,15 @@ def test_crlf_and_meter_of_tool_calls_and_completions() -> None:
     out, c, _ = run((tool + text + DONE).replace(b"\n", b"\r\n"), 3, wants_usage=False)
     assert out == tool + text + DONE
     assert c.meter.chunks == 2 and c.meter.tokens() == 3  # 12 characters / 4
+
+
+def test_meter_reads_escaped_and_multi_choice_content() -> None:
+    quoted = event({**BASE, "choices": [{"index": 0, "delta": {"content": 'say "hi" é\n'}}]})
+    choices = [{"index": 0, "delta": {"content": "ab"}}, {"index": 1, "delta": {"content": "cd"}}]
+    two = event({**BASE, "choices": choices})
+    plain = event({**BASE, "choices": [{"index": 0, "delta": {"content": "plain"}}]})
+    c = ctx(wants_usage=False)
+    tap = StreamTap(c)
+    assert tap.feed(quoted + two + plain) == quoted + two + plain
+    assert c.meter.chunks == 3
+    assert c.meter._pending == ['say "hi" é\n', "abcd", "plain"]
