@@ -51,6 +51,8 @@ class PgLedger(LedgerQueries):
         self.hold_ttl_seconds = float(hold_ttl_seconds)
         self._batching = batching
         self._committer = GroupCommitter(pool, self.hold_ttl_seconds, timeout=self.timeout, max_batch=max_batch)
+        # reserves and settles of every org share these few sessions; the rest of the pool serves the
+        # single-statement operations (void, checkpoint, sweeps, admin reads)
         self._background: set[asyncio.Task[Any]] = set()
 
     @classmethod
@@ -115,8 +117,8 @@ class PgLedger(LedgerQueries):
                    settle: tuple[str, Settlement] | None = None) -> Outcome:
         if not self._batching:
             try:
-                res, sets = await run_batch(self.db, org_id, self.hold_ttl_seconds, [reserve] if reserve else [],
-                                            [settle] if settle else [], self.timeout)
+                res, sets = await run_batch(self.db, self.hold_ttl_seconds, [reserve] if reserve else [],
+                                            [(org_id, *settle)] if settle else [], self.timeout)
             except UNAVAILABLE as exc:
                 raise ProxyError.ledger_unavailable() from exc
             return (res or sets)[0]

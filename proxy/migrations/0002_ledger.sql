@@ -99,7 +99,7 @@ CREATE INDEX holds_due ON holds (expires_at) WHERE state = 'pending';
 CREATE TABLE usage_records (
   org_id             text NOT NULL,
   request_id         text NOT NULL,
-  hold_id            bigint NOT NULL UNIQUE,
+  hold_id            bigint NOT NULL,  -- one per hold: (org, request_id) is unique, a hold has one id
   user_id            text NOT NULL,
   key_id             text NOT NULL,
   model              text NOT NULL,
@@ -224,176 +224,200 @@ CREATE TRIGGER grants_no_delete BEFORE DELETE ON grants FOR EACH ROW EXECUTE FUN
 
 -- ------------------------------------------------------------------ operations
 
--- Lock (creating if missing) the allocation rows of one org's batch, sorted: the second step of the
--- global lock order.
-CREATE FUNCTION lock_allocations(p_org text, p_users text[], p_periods timestamptz[]) RETURNS void
-LANGUAGE plpgsql SET search_path = creditgate, pg_temp AS $$
-BEGIN
-  INSERT INTO allocation_usage (org_id, user_id, period_start)
-  SELECT DISTINCT p_org, k.u, k.p FROM unnest(p_users, p_periods) AS k(u, p) ORDER BY 2, 3
-  ON CONFLICT DO NOTHING;
-  PERFORM 1 FROM allocation_usage a
-   WHERE a.org_id = p_org AND (a.user_id, a.period_start) IN (SELECT * FROM unnest(p_users, p_periods))
-   ORDER BY a.user_id, a.period_start FOR NO KEY UPDATE;
-END $$;
-
--- What a member may still spend now: min(pool available, allocation available), never below 0.
-CREATE FUNCTION member_remaining(p_org text, p_user text, p_pool_available bigint) RETURNS bigint
-LANGUAGE sql STABLE SET search_path = creditgate, pg_temp AS $$
-  SELECT greatest(0, least(p_pool_available, coalesce(
-    (SELECT m.allocation_millicredits - coalesce(
-        (SELECT a.posted + a.pending FROM allocation_usage a WHERE a.org_id = p_org AND a.user_id = p_user
-            AND a.period_start = period_start(m.allocation_period, creditgate.now())), 0)
-       FROM memberships m WHERE m.org_id = p_org AND m.user_id = p_user), p_pool_available)))
-$$;
-
--- Group commit for one org: settles first (they release credit), then reserves, in one transaction.
--- Every item gets a result row; refusals are results, not exceptions.
+-- Group commit: one transaction for the reserves and settles of any number of orgs (items sorted by
+-- org keep it to two pool updates per org). Locks follow the global order for the WHOLE batch: the
+-- settled holds (by id), then every allocation row (sorted), then every pool (sorted); only then are
+-- the items applied, settles first (they release credit), then reserves. Every item gets a result
+-- row; refusals are results, not exceptions.
 -- reserve statuses: held | not_a_member | suspended | request_id_in_use | org_pool_exhausted |
 --                   user_allocation_exhausted
 -- settle statuses:  posted | late_posted | already_settled | conflict | not_found
+-- `remaining` (settles) = min(pool available, the member's allocation available) after the batch.
 CREATE FUNCTION ledger_batch(
-  p_org text, p_ttl_seconds double precision,
-  r_rid text[], r_user text[], r_key text[], r_model text[], r_byok boolean[], r_amount bigint[],
+  p_ttl_seconds double precision,
+  r_org text[], r_rid text[], r_user text[], r_key text[], r_model text[], r_byok boolean[], r_amount bigint[],
   r_prompt bigint[], r_in numeric[], r_out numeric[], r_lin numeric[], r_lout numeric[],
-  s_rid text[], s_prompt bigint[], s_completion bigint[], s_charge bigint[], s_list bigint[], s_source text[],
-  s_model text[], s_provider text[], s_deployment text[])
+  s_org text[], s_rid text[], s_prompt bigint[], s_completion bigint[], s_charge bigint[], s_list bigint[],
+  s_source text[], s_model text[], s_provider text[], s_deployment text[])
 RETURNS TABLE (op text, idx int, status text, amount bigint, charged bigint, remaining bigint)
 LANGUAGE plpgsql SET search_path = creditgate, pg_temp AS $$
+#variable_conflict use_column
 DECLARE
   t timestamptz := creditgate.now();
-  pl pools; g bigint; p bigint; pe bigint; ov bigint; v bigint;
+  cur text; have_pool boolean := false; pl pools; g bigint; p bigint; pe bigint; ov bigint; v bigint;
   h holds; u usage_records; m record; org_suspended boolean;
-  k_users text[]; k_periods timestamptz[];
+  k_orgs text[]; k_users text[]; k_periods timestamptz[];
   i int; c bigint; cov bigint; over bigint; delta bigint; rel bigint; u_dov bigint; ps timestamptz;
-  used bigint; hid bigint;
+  used bigint; hid bigint; st text;
+  o_op text[] := '{}'; o_idx int[] := '{}'; o_status text[] := '{}'; o_amount bigint[] := '{}';
+  o_charged bigint[] := '{}'; o_org text[] := '{}'; o_user text[] := '{}';
 BEGIN
-  -- 1. holds of the settles, in id order
-  PERFORM 1 FROM holds WHERE org_id = p_org AND request_id = ANY(s_rid) ORDER BY id FOR NO KEY UPDATE;
-  -- 2. allocation rows (the settled holds' periods and the reserving members' current periods), sorted
-  SELECT array_agg(x.user_id), array_agg(x.ps) INTO k_users, k_periods FROM (
-    SELECT hh.user_id, hh.period_start AS ps FROM holds hh WHERE hh.org_id = p_org AND hh.request_id = ANY(s_rid)
+  -- 1. the settled holds, by id
+  PERFORM 1 FROM holds hh JOIN unnest(s_org, s_rid) AS k(o, r) ON hh.org_id = k.o AND hh.request_id = k.r
+   ORDER BY hh.id FOR NO KEY UPDATE OF hh;
+  -- 2. allocation rows (the settled holds' periods, the reserving members' current periods), created
+  --    if missing, locked sorted
+  SELECT array_agg(x.org_id), array_agg(x.user_id), array_agg(x.ps) INTO k_orgs, k_users, k_periods FROM (
+    SELECT hh.org_id, hh.user_id, hh.period_start AS ps
+      FROM holds hh JOIN unnest(s_org, s_rid) AS k(o, r) ON hh.org_id = k.o AND hh.request_id = k.r
     UNION
-    SELECT mm.user_id, period_start(mm.allocation_period, t) FROM memberships mm
-     WHERE mm.org_id = p_org AND mm.user_id = ANY(r_user)) x;
-  IF k_users IS NOT NULL THEN PERFORM lock_allocations(p_org, k_users, k_periods); END IF;
-  -- 3. the pool, last (the hot row is held for the shortest time)
-  SELECT * INTO pl FROM pools WHERE org_id = p_org FOR NO KEY UPDATE;
-  IF NOT FOUND THEN
-    RETURN QUERY SELECT 'settle', s.i::int, 'not_found', NULL::bigint, NULL::bigint, NULL::bigint
-                   FROM generate_subscripts(s_rid, 1) AS s(i);
-    RETURN QUERY SELECT 'reserve', s.i::int, 'not_a_member', NULL::bigint, NULL::bigint, NULL::bigint
-                   FROM generate_subscripts(r_rid, 1) AS s(i);
-    RETURN;
+    SELECT mm.org_id, mm.user_id, period_start(mm.allocation_period, t)
+      FROM memberships mm JOIN unnest(r_org, r_user) AS k(o, us) ON mm.org_id = k.o AND mm.user_id = k.us
+    ORDER BY 1, 2, 3) x;
+  IF k_orgs IS NOT NULL THEN
+    INSERT INTO allocation_usage (org_id, user_id, period_start)
+    SELECT * FROM unnest(k_orgs, k_users, k_periods) ON CONFLICT DO NOTHING;
+    PERFORM 1 FROM allocation_usage a JOIN unnest(k_orgs, k_users, k_periods) AS k(o, us, ps)
+        ON a.org_id = k.o AND a.user_id = k.us AND a.period_start = k.ps
+     ORDER BY a.org_id, a.user_id, a.period_start FOR NO KEY UPDATE OF a;
   END IF;
-  g := pl.granted; p := pl.posted; pe := pl.pending; ov := pl.overage; v := pl.version;
+  -- 3. the pools, last (the hot rows are held for the shortest time)
+  PERFORM 1 FROM pools WHERE org_id = ANY(r_org || s_org) ORDER BY org_id FOR NO KEY UPDATE;
 
   FOR i IN 1 .. coalesce(array_length(s_rid, 1), 0) LOOP
-    SELECT * INTO h FROM holds WHERE org_id = p_org AND request_id = s_rid[i]
+    IF s_org[i] IS DISTINCT FROM cur THEN
+      IF have_pool AND v <> pl.version THEN
+        UPDATE pools SET posted = p, pending = pe, overage = ov, version = v WHERE org_id = cur;
+      END IF;
+      cur := s_org[i];
+      SELECT * INTO pl FROM pools WHERE org_id = cur;
+      have_pool := FOUND;
+      g := pl.granted; p := pl.posted; pe := pl.pending; ov := pl.overage; v := pl.version;
+    END IF;
+    SELECT * INTO h FROM holds WHERE org_id = cur AND request_id = s_rid[i]
      ORDER BY state = 'voided', id DESC LIMIT 1;
-    IF NOT FOUND THEN
-      RETURN QUERY SELECT 'settle', i, 'not_found', NULL::bigint, NULL::bigint, NULL::bigint;
+    IF NOT FOUND OR NOT have_pool THEN
+      o_op := o_op || 'settle'::text; o_idx := o_idx || i; o_status := o_status || 'not_found'::text;
+      o_amount := o_amount || NULL::bigint; o_charged := o_charged || NULL::bigint; o_org := o_org || cur;
+      o_user := o_user || NULL::text;
       CONTINUE;
     END IF;
     c := s_charge[i];
-    SELECT * INTO u FROM usage_records WHERE org_id = p_org AND request_id = s_rid[i];
+    SELECT * INTO u FROM usage_records WHERE org_id = cur AND request_id = s_rid[i];
     IF FOUND AND NOT u.estimated THEN
-      RETURN QUERY SELECT 'settle', i, CASE WHEN u.charged = c THEN 'already_settled' ELSE 'conflict' END,
-                          h.amount, u.charged, member_remaining(p_org, h.user_id, g - p - pe - ov);
-      CONTINUE;
-    END IF;
-    IF FOUND THEN
+      st := CASE WHEN u.charged = c THEN 'already_settled' ELSE 'conflict' END;
+      c := u.charged;
+    ELSIF FOUND THEN
       -- the sweeper settled this hold from its checkpoint; the real usage replaces that estimate once
       delta := c - u.charged;
       IF delta >= 0 THEN
-        cov := least(delta, greatest(g - p - pe - ov, 0)); over := delta - cov;
-        u_dov := -over;
+        cov := least(delta, greatest(g - p - pe - ov, 0)); over := delta - cov; u_dov := -over;
       ELSE
-        rel := -delta; over := -least(ov, rel); cov := -(rel + over);
-        u_dov := least(u.overage, rel);
+        rel := -delta; over := -least(ov, rel); cov := -(rel + over); u_dov := least(u.overage, rel);
       END IF;
-      p := p + cov; ov := ov + over;
+      p := p + cov; ov := ov + over; v := v + 1;
       UPDATE usage_records SET prompt_tokens = s_prompt[i], completion_tokens = s_completion[i], charged = c,
              covered = c - (u.overage - u_dov), overage = u.overage - u_dov, list_price = s_list[i],
              usage_source = s_source[i], model = s_model[i], provider = s_provider[i],
              deployment = s_deployment[i], estimated = false, corrected_at = t
-       WHERE org_id = p_org AND request_id = s_rid[i];
+       WHERE org_id = cur AND request_id = s_rid[i];
       UPDATE allocation_usage SET posted = posted + delta
-       WHERE org_id = p_org AND user_id = h.user_id AND period_start = h.period_start;
-      v := v + 1;
+       WHERE org_id = cur AND user_id = h.user_id AND period_start = h.period_start;
       INSERT INTO journal (org_id, version, kind, amount, d_posted, d_overage, request_id, user_id, created_at)
-      VALUES (p_org, v, 'correction', delta, cov, over, h.request_id, h.user_id, t);
+      VALUES (cur, v, 'correction', delta, cov, over, h.request_id, h.user_id, t);
+      st := 'late_posted';
     ELSE
       IF h.state = 'pending' THEN
         cov := least(c, h.amount); over := c - cov;
         pe := pe - h.amount;
         UPDATE holds SET state = 'posted', resolved_at = t WHERE id = h.id;
         UPDATE allocation_usage SET pending = pending - h.amount, posted = posted + c
-         WHERE org_id = p_org AND user_id = h.user_id AND period_start = h.period_start;
+         WHERE org_id = cur AND user_id = h.user_id AND period_start = h.period_start;
+        st := 'posted';
       ELSE  -- voided: usage is never dropped; covered by what credit is left, the rest is overage
         cov := least(c, greatest(g - p - pe - ov, 0)); over := c - cov;
         UPDATE allocation_usage SET posted = posted + c
-         WHERE org_id = p_org AND user_id = h.user_id AND period_start = h.period_start;
+         WHERE org_id = cur AND user_id = h.user_id AND period_start = h.period_start;
+        st := 'late_posted';
       END IF;
       p := p + cov; ov := ov + over; v := v + 1;
       INSERT INTO usage_records (org_id, request_id, hold_id, user_id, key_id, model, provider, deployment,
              prompt_tokens, completion_tokens, charged, covered, overage, list_price, usage_source, byok,
              period_start, recorded_at)
-      VALUES (p_org, h.request_id, h.id, h.user_id, h.key_id, s_model[i], s_provider[i], s_deployment[i],
+      VALUES (cur, h.request_id, h.id, h.user_id, h.key_id, s_model[i], s_provider[i], s_deployment[i],
              s_prompt[i], s_completion[i], c, cov, over, s_list[i], s_source[i], h.byok, h.period_start, t);
       INSERT INTO journal (org_id, version, kind, amount, d_posted, d_pending, d_overage, request_id, user_id,
              created_at)
-      VALUES (p_org, v, CASE WHEN h.state = 'pending' THEN 'post' ELSE 'late_post' END, c, cov,
-             CASE WHEN h.state = 'pending' THEN -h.amount ELSE 0 END, over, h.request_id, h.user_id, t);
+      VALUES (cur, v, CASE WHEN st = 'posted' THEN 'post' ELSE 'late_post' END, c, cov,
+             CASE WHEN st = 'posted' THEN -h.amount ELSE 0 END, over, h.request_id, h.user_id, t);
     END IF;
-    RETURN QUERY SELECT 'settle', i, CASE WHEN h.state = 'pending' THEN 'posted' ELSE 'late_posted' END,
-                        h.amount, c, member_remaining(p_org, h.user_id, g - p - pe - ov);
+    o_op := o_op || 'settle'::text; o_idx := o_idx || i; o_status := o_status || st; o_amount := o_amount || h.amount;
+    o_charged := o_charged || c; o_org := o_org || cur; o_user := o_user || h.user_id;
   END LOOP;
 
-  SELECT o.suspended INTO org_suspended FROM orgs o WHERE o.id = p_org;
   FOR i IN 1 .. coalesce(array_length(r_rid, 1), 0) LOOP
-    SELECT mm.allocation_millicredits AS lim, mm.allocation_period AS period, mm.suspended INTO m
-      FROM memberships mm WHERE mm.org_id = p_org AND mm.user_id = r_user[i];
-    IF NOT FOUND THEN
-      RETURN QUERY SELECT 'reserve', i, 'not_a_member', NULL::bigint, NULL::bigint, NULL::bigint; CONTINUE;
-    ELSIF org_suspended OR m.suspended THEN
-      RETURN QUERY SELECT 'reserve', i, 'suspended', NULL::bigint, NULL::bigint, NULL::bigint; CONTINUE;
-    ELSIF EXISTS (SELECT 1 FROM holds WHERE org_id = p_org AND request_id = r_rid[i] AND state <> 'voided')
-       OR EXISTS (SELECT 1 FROM usage_records WHERE org_id = p_org AND request_id = r_rid[i]) THEN
-      RETURN QUERY SELECT 'reserve', i, 'request_id_in_use', NULL::bigint, NULL::bigint, NULL::bigint; CONTINUE;
-    ELSIF r_amount[i] > g - p - pe - ov THEN
-      RETURN QUERY SELECT 'reserve', i, 'org_pool_exhausted', NULL::bigint, NULL::bigint, NULL::bigint; CONTINUE;
+    IF r_org[i] IS DISTINCT FROM cur THEN
+      IF have_pool AND v <> pl.version THEN
+        UPDATE pools SET posted = p, pending = pe, overage = ov, version = v WHERE org_id = cur;
+      END IF;
+      cur := r_org[i];
+      SELECT * INTO pl FROM pools WHERE org_id = cur;
+      have_pool := FOUND;
+      g := pl.granted; p := pl.posted; pe := pl.pending; ov := pl.overage; v := pl.version;
+      SELECT oo.suspended INTO org_suspended FROM orgs oo WHERE oo.id = cur;
     END IF;
-    ps := period_start(m.period, t);
-    IF m.lim IS NOT NULL THEN
-      SELECT a.posted + a.pending INTO used FROM allocation_usage a
-       WHERE a.org_id = p_org AND a.user_id = r_user[i] AND a.period_start = ps;
-      IF m.lim - coalesce(used, 0) < r_amount[i] THEN
-        RETURN QUERY SELECT 'reserve', i, 'user_allocation_exhausted', NULL::bigint, NULL::bigint, NULL::bigint;
-        CONTINUE;
+    st := NULL;
+    SELECT mm.allocation_millicredits AS lim, mm.allocation_period AS period, mm.suspended INTO m
+      FROM memberships mm WHERE mm.org_id = cur AND mm.user_id = r_user[i];
+    IF NOT FOUND OR NOT have_pool THEN
+      st := 'not_a_member';
+    ELSIF org_suspended OR m.suspended THEN
+      st := 'suspended';
+    ELSIF EXISTS (SELECT 1 FROM holds WHERE org_id = cur AND request_id = r_rid[i] AND state <> 'voided')
+       OR EXISTS (SELECT 1 FROM usage_records WHERE org_id = cur AND request_id = r_rid[i]) THEN
+      st := 'request_id_in_use';
+    ELSIF r_amount[i] > g - p - pe - ov THEN
+      st := 'org_pool_exhausted';
+    ELSE
+      ps := period_start(m.period, t);
+      IF m.lim IS NOT NULL THEN
+        SELECT a.posted + a.pending INTO used FROM allocation_usage a
+         WHERE a.org_id = cur AND a.user_id = r_user[i] AND a.period_start = ps;
+        IF m.lim - coalesce(used, 0) < r_amount[i] THEN
+          st := 'user_allocation_exhausted';
+        END IF;
       END IF;
     END IF;
-    INSERT INTO holds (org_id, request_id, user_id, key_id, model, byok, amount, period_start, prompt_tokens,
-           input_rate, output_rate, list_input_rate, list_output_rate, created_at, expires_at)
-    VALUES (p_org, r_rid[i], r_user[i], r_key[i], r_model[i], r_byok[i], r_amount[i], ps, r_prompt[i],
-           r_in[i], r_out[i], r_lin[i], r_lout[i], t, t + make_interval(secs => p_ttl_seconds))
-    ON CONFLICT (org_id, request_id) WHERE state <> 'voided' DO NOTHING
-    RETURNING id INTO hid;
-    IF hid IS NULL THEN
-      RETURN QUERY SELECT 'reserve', i, 'request_id_in_use', NULL::bigint, NULL::bigint, NULL::bigint; CONTINUE;
+    IF st IS NULL THEN
+      INSERT INTO holds (org_id, request_id, user_id, key_id, model, byok, amount, period_start, prompt_tokens,
+             input_rate, output_rate, list_input_rate, list_output_rate, created_at, expires_at)
+      VALUES (cur, r_rid[i], r_user[i], r_key[i], r_model[i], r_byok[i], r_amount[i], ps, r_prompt[i],
+             r_in[i], r_out[i], r_lin[i], r_lout[i], t, t + make_interval(secs => p_ttl_seconds))
+      ON CONFLICT (org_id, request_id) WHERE state <> 'voided' DO NOTHING
+      RETURNING id INTO hid;
+      IF hid IS NULL THEN
+        st := 'request_id_in_use';
+      ELSE
+        -- an upsert: the membership's period may have changed since step 2 (READ COMMITTED)
+        INSERT INTO allocation_usage AS a (org_id, user_id, period_start, pending)
+        VALUES (cur, r_user[i], ps, r_amount[i])
+        ON CONFLICT (org_id, user_id, period_start) DO UPDATE SET pending = a.pending + EXCLUDED.pending;
+        pe := pe + r_amount[i]; v := v + 1;
+        INSERT INTO journal (org_id, version, kind, amount, d_pending, request_id, user_id, created_at)
+        VALUES (cur, v, 'hold', r_amount[i], r_amount[i], r_rid[i], r_user[i], t);
+        st := 'held';
+      END IF;
     END IF;
-    -- an upsert: the membership's period may have changed since step 2 (READ COMMITTED)
-    INSERT INTO allocation_usage AS a (org_id, user_id, period_start, pending) VALUES (p_org, r_user[i], ps, r_amount[i])
-    ON CONFLICT (org_id, user_id, period_start) DO UPDATE SET pending = a.pending + EXCLUDED.pending;
-    pe := pe + r_amount[i]; v := v + 1;
-    INSERT INTO journal (org_id, version, kind, amount, d_pending, request_id, user_id, created_at)
-    VALUES (p_org, v, 'hold', r_amount[i], r_amount[i], r_rid[i], r_user[i], t);
-    RETURN QUERY SELECT 'reserve', i, 'held', r_amount[i], NULL::bigint, NULL::bigint;
+    o_op := o_op || 'reserve'::text; o_idx := o_idx || i; o_status := o_status || st;
+    o_amount := o_amount || CASE WHEN st = 'held' THEN r_amount[i] END; o_charged := o_charged || NULL::bigint;
+    o_org := o_org || cur; o_user := o_user || NULL::text;
   END LOOP;
-
-  IF v <> pl.version THEN
-    UPDATE pools SET posted = p, pending = pe, overage = ov, version = v WHERE org_id = p_org;
+  IF have_pool AND v <> pl.version THEN
+    UPDATE pools SET posted = p, pending = pe, overage = ov, version = v WHERE org_id = cur;
   END IF;
+
+  RETURN QUERY
+  SELECT x.op, x.idx, x.status, x.amount, x.charged,
+         CASE WHEN x.op = 'settle' AND x.status <> 'not_found' THEN greatest(0, least(
+           pp.granted - pp.posted - pp.pending - pp.overage,
+           coalesce(mm.allocation_millicredits - coalesce(a.posted + a.pending, 0),
+                    pp.granted - pp.posted - pp.pending - pp.overage))) END
+    FROM unnest(o_op, o_idx, o_status, o_amount, o_charged, o_org, o_user)
+         AS x(op, idx, status, amount, charged, org_id, user_id)
+    LEFT JOIN pools pp ON pp.org_id = x.org_id
+    LEFT JOIN memberships mm ON mm.org_id = x.org_id AND mm.user_id = x.user_id
+    LEFT JOIN allocation_usage a ON a.org_id = x.org_id AND a.user_id = x.user_id
+         AND a.period_start = period_start(mm.allocation_period, t);
 END $$;
 
 -- Release a pending hold entirely (nothing was served): no usage record. Idempotent; never voids a
