@@ -18,7 +18,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
-from fractions import Fraction
 from typing import TypeVar
 
 from policies.model import OUTPUT_CAPS
@@ -69,6 +68,8 @@ class ReserveCredits:
         self._retry_seconds = retry_seconds
         self._checkpoint_seconds = checkpoint_seconds or policy.hold_ttl_seconds / 3
         self._orphans: set[asyncio.Task[None]] = set()
+        self._rate_cache: dict[tuple[str, Decimal], tuple[pricing.Rates, pricing.Rates]] = {}
+        self._tariffs: dict[tuple[pricing.Price, Decimal], pricing.Tariff] = {}
 
     async def __call__(self, ctx: RequestContext) -> None:
         key, member = ctx.require_key(), ctx.require_membership()
@@ -81,10 +82,9 @@ class ReserveCredits:
         ctx.prompt_tokens = await self._counter.prompt_tokens_async(ctx.route, ctx.body)
         if ctx.meter.chunks == 0:  # count streamed output with the same tokenizer as the prompt
             ctx.meter = OutputMeter(self._counter.count)
-        cpu, factor = self._policy.credits_per_usd, (1 + tier.markup) * ctx.multiplier
-        amount = 0 if ctx.byok else pricing.charge(_bound_usd(ctx, model), cpu, tier.markup, ctx.multiplier)
-        rates = pricing.millicredit_rates(model.highest, cpu, Decimal(0) if ctx.byok else factor)
-        listed = pricing.millicredit_rates(model.highest, cpu)
+        factor = pricing.factor(tier.markup, ctx.multiplier)
+        amount = 0 if ctx.byok else self.tariff(model.highest, factor).charge(*_bound_units(ctx))
+        rates, listed = self._rates(model, Decimal(0) if ctx.byok else factor)
         request = HoldRequest(
             org_id=member.org_id,
             user_id=member.user_id,
@@ -101,11 +101,30 @@ class ReserveCredits:
         )
         ctx.hold = await self._reserve(request)
         ctx.response_headers["X-Credits-Held"] = str(ctx.hold.amount)
-        settle = _Settle(self, ctx, model, tier.markup)
+        settle = _Settle(self, ctx, model, factor)
         ctx.settle_now = settle
         ctx.cleanup.push_async_callback(settle)
         if ctx.stream or ctx.body.get("stream") is True:
             await ctx.cleanup.enter_async_context(self._checkpoints(ctx))
+
+    def tariff(self, price: pricing.Price, factor: Decimal) -> pricing.Tariff:
+        """The integer tariff of `price` at `factor`, computed once per (price, factor)."""
+        key = (price, factor)
+        if key not in self._tariffs:
+            self._tariffs[key] = pricing.Tariff.of(price, self._policy.credits_per_usd, factor)
+        return self._tariffs[key]
+
+    def _rates(self, model: Model, factor: Decimal) -> tuple[pricing.Rates, pricing.Rates]:
+        """(charged, list) millicredit rates at the model's highest price; few distinct keys (models x
+        tiers x levels), so they are computed once each."""
+        key = (model.name, factor)
+        if key not in self._rate_cache:
+            cpu = self._policy.credits_per_usd
+            self._rate_cache[key] = (
+                pricing.millicredit_rates(model.highest, cpu, factor),
+                pricing.millicredit_rates(model.highest, cpu),
+            )
+        return self._rate_cache[key]
 
     async def _reserve(self, request: HoldRequest) -> Hold:
         # a hold committed while the request was being cancelled would be charged by the sweeper
@@ -169,19 +188,19 @@ class ReserveCredits:
             delay = min(delay * 2, 1.0)
 
 
-def _bound_usd(ctx: RequestContext, model: Model) -> Fraction:
-    """The most this request can cost in USD, at the model's highest deployment price."""
-    price, body = model.highest, ctx.body
+def _bound_units(ctx: RequestContext) -> tuple[int, int, int]:
+    """The most (prompt tokens, completion tokens, images) this request can be billed for."""
+    body = ctx.body
     if ctx.route == IMAGES:
-        return pricing.usd_cost(price, 0, 0, images=_count(body, "n"))
+        return 0, 0, _count(body, "n")
     prompt = bound(ctx.prompt_tokens)
     if ctx.route == "embeddings":
-        return pricing.usd_cost(price, prompt, 0)
+        return prompt, 0, 0
     caps = [body[name] for name in OUTPUT_CAPS if isinstance(body.get(name), int)]
     if not caps:  # RewriteModel injects max_tokens; without it the cost has no bound
         raise ProxyError.invalid_value("max_tokens", "max_tokens is required for this request.")
     outputs = max(_count(body, "n"), _count(body, "best_of")) * prompt_count(ctx.route, body)
-    return pricing.usd_cost(price, prompt, max(caps) * outputs)
+    return prompt, max(caps) * outputs, 0
 
 
 def _count(body: dict[str, object], name: str) -> int:
@@ -192,8 +211,8 @@ def _count(body: dict[str, object], name: str) -> int:
 class _Settle:
     """The settle-or-void step of one request: runs once however many times it is awaited."""
 
-    def __init__(self, owner: ReserveCredits, ctx: RequestContext, model: Model, markup: Decimal) -> None:
-        self._owner, self._ctx, self._model, self._markup = owner, ctx, model, markup
+    def __init__(self, owner: ReserveCredits, ctx: RequestContext, model: Model, factor: Decimal) -> None:
+        self._owner, self._ctx, self._model, self._factor = owner, ctx, model, factor
         self._task: asyncio.Task[None] | None = None
 
     async def __call__(self) -> None:
@@ -255,18 +274,17 @@ class _Settle:
 
     def _settlement(self, source: str, prompt: int, completion: int, images: int | None) -> Settlement:
         """Priced per image when `images` is given, else per token."""
-        ctx, model, cpu = self._ctx, self._model, self._owner._policy.credits_per_usd
+        ctx, model = self._ctx, self._model
         price = model.price_for(ctx.deployment_id)
-        if images is None:
-            usd = pricing.usd_cost(price, prompt, completion)
-        else:
-            usd = pricing.usd_cost(price, 0, 0, images=images)
+        units = (prompt, completion, 0) if images is None else (0, 0, images)
+        charge = 0 if ctx.byok else self._owner.tariff(price, self._factor).charge(*units)
+        listed = self._owner.tariff(price, Decimal(1)).charge(*units)
         deployment = model.deployment(ctx.deployment_id)
         return Settlement(
             prompt_tokens=prompt,
             completion_tokens=completion,
-            charge=0 if ctx.byok else pricing.charge(usd, cpu, self._markup, ctx.multiplier),
-            list_price=pricing.list_price(usd, cpu),
+            charge=charge,
+            list_price=listed,
             usage_source=source,
             model=model.name,
             provider=deployment.provider if deployment else model.provider,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
@@ -54,6 +54,18 @@ class Model:
 
     name: str
     deployments: tuple[Deployment, ...]
+    highest: Price = field(init=False)
+    """Component-wise highest price: an upper bound whichever deployment answers."""
+
+    def __post_init__(self) -> None:
+        def top(values: list[Decimal | None]) -> Decimal | None:
+            return None if any(v is None for v in values) else max(v for v in values if v is not None)
+
+        ds = self.deployments
+        highest = Price(
+            top([d.price.input for d in ds]), top([d.price.output for d in ds]), top([d.price.image for d in ds])
+        )
+        object.__setattr__(self, "highest", highest)  # computed once: it is read on every request
 
     @property
     def mode(self) -> str:
@@ -80,18 +92,6 @@ class Model:
     def max_output_tokens(self) -> int | None:
         caps = [d.max_output_tokens for d in self.deployments if d.max_output_tokens is not None]
         return min(caps) if caps else None
-
-    @property
-    def highest(self) -> Price:
-        """Component-wise highest price: an upper bound whichever deployment answers."""
-
-        def top(values: list[Decimal | None]) -> Decimal | None:
-            return None if any(v is None for v in values) else max(v for v in values if v is not None)
-
-        ds = self.deployments
-        return Price(
-            top([d.price.input for d in ds]), top([d.price.output for d in ds]), top([d.price.image for d in ds])
-        )
 
     def price_for(self, deployment_id: str | None) -> Price:
         """The answering deployment's price; unknown or missing -> the highest."""
@@ -130,6 +130,11 @@ class Rates:
     image: Decimal
 
 
+def factor(markup: Decimal, multiplier: Decimal) -> Decimal:
+    """`(1 + markup) * multiplier`, exactly (a Decimal product could round at 28 digits)."""
+    return _fraction_to_decimal((1 + Fraction(markup)) * Fraction(multiplier))
+
+
 def millicredit_rates(price: Price, credits_per_usd: Decimal, factor: Decimal = Decimal(1)) -> Rates:
     """Per-token (and per-image) rates in millicredits, times `factor` ((1 + markup) * multiplier)."""
     return Rates(
@@ -160,7 +165,8 @@ def _fraction_to_decimal(value: Fraction) -> Decimal:
         scale += 1
     if den != 1:
         raise ValueError("not a finite decimal")
-    return Decimal(num).scaleb(-scale)
+    sign = 1 if num < 0 else 0
+    return Decimal((sign, tuple(int(d) for d in str(abs(num))), -scale))  # exact: no context rounding
 
 
 def usd_cost(price: Price, prompt_tokens: int, completion_tokens: int, images: int = 0) -> Fraction:
@@ -180,6 +186,32 @@ def charge(usd: Fraction, credits_per_usd: Decimal, markup: Decimal, multiplier:
 def list_price(usd: Fraction, credits_per_usd: Decimal) -> int:
     """`ceil(usd * credits_per_usd * 1000)`: no markup, no multiplier (what BYOK would have cost)."""
     return math.ceil(usd * Fraction(credits_per_usd) * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Tariff:
+    """One price at one (credits per USD x markup x multiplier) factor, as integer numerators over one
+    denominator, so a charge is a few integer operations and one exact ceiling division; equal to
+    `charge(usd_cost(...), ...)` (tests/policies check it against the Fraction formula)."""
+
+    input: int
+    output: int
+    image: int
+    denominator: int
+
+    @classmethod
+    def of(cls, price: Price, credits_per_usd: Decimal, factor: Decimal = Decimal(1)) -> Tariff:
+        """`factor` is `(1 + markup) * multiplier` (1 for the list price)."""
+        scale = Fraction(credits_per_usd) * 1000 * Fraction(factor)
+        rates = [Fraction(usd or 0) * scale for usd in (price.input, price.output, price.image)]
+        denominator = math.lcm(*(r.denominator for r in rates))
+        numerators = [r.numerator * (denominator // r.denominator) for r in rates]
+        return cls(numerators[0], numerators[1], numerators[2], denominator)
+
+    def charge(self, prompt_tokens: int, completion_tokens: int, images: int = 0) -> int:
+        """Millicredits, rounded up once."""
+        total = prompt_tokens * self.input + completion_tokens * self.output + images * self.image
+        return -(-total // self.denominator)
 
 
 def load_catalogue(path: Path) -> Catalogue:

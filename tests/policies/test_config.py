@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy import pricing
 from proxy.crypto import KeyBox, UndecryptableKey, last4, mask
@@ -221,3 +223,33 @@ model_list:
 """
     catalogue = parse_catalogue(text)
     assert [catalogue.models[n].provider for n in "abc"] == ["anthropic", "together_ai", "openai"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    prices=st.tuples(*[st.one_of(st.none(), st.decimals(min_value=0, max_value=1, places=12)) for _ in range(3)]),
+    markup=st.decimals(min_value=0, max_value=3, places=20),
+    multiplier=st.decimals(min_value=0, max_value=2, places=20),
+    credits_per_usd=st.sampled_from([Decimal(1000), Decimal("1"), Decimal("333.3")]),
+    units=st.tuples(st.integers(0, 10**7), st.integers(0, 10**7), st.integers(0, 100)),
+)
+def test_integer_tariff_equals_the_exact_formula(
+    prices: tuple[Decimal | None, Decimal | None, Decimal | None],
+    markup: Decimal,
+    multiplier: Decimal,
+    credits_per_usd: Decimal,
+    units: tuple[int, int, int],
+) -> None:
+    price = pricing.Price(*prices)
+    usd = pricing.usd_cost(price, *units[:2], images=units[2])
+    tariff = pricing.Tariff.of(price, credits_per_usd, pricing.factor(markup, multiplier))
+    assert tariff.charge(*units) == pricing.charge(usd, credits_per_usd, markup, multiplier)
+    assert pricing.Tariff.of(price, credits_per_usd).charge(*units) == pricing.list_price(usd, credits_per_usd)
+
+
+def test_factor_and_rates_never_round() -> None:
+    markup, multiplier = Decimal("0.1234567890123456789"), Decimal("1.000000000000000000001")
+    exact = Fraction(1) + Fraction(markup)
+    assert Fraction(pricing.factor(markup, multiplier)) == exact * Fraction(multiplier)  # 40 digits
+    rates = pricing.millicredit_rates(pricing.Price(Decimal("0.0000000123456789")), Decimal("333.3"), multiplier)
+    assert Fraction(rates.input) == Fraction("0.0000000123456789") * Fraction("333.3") * 1000 * Fraction(multiplier)
