@@ -149,7 +149,8 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> PolicyConfig | None:
     if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 3:
         problems.append(f"hold_ttl_seconds must be an integer of at least 3, got {ttl!r}")
         ttl = 120
-    sweep = _number({"s": raw.get("sweep_interval_seconds", 1)}, "s", "", problems, minimum=Decimal("0.01"))
+    timing = {"sweep_interval_seconds": raw.get("sweep_interval_seconds", 1)}  # optional, default 1 s
+    sweep = _number(timing, "sweep_interval_seconds", "", problems, minimum=Decimal("0.01"))
     levels: list[PowerLevel] = []
     raw_levels = raw.get("power_levels")
     if not isinstance(raw_levels, Mapping) or not raw_levels:

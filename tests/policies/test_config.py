@@ -46,6 +46,7 @@ def test_policy_mistakes_are_one_line_each() -> None:
     text = """
 credits_per_usd: lots
 hold_ttl_seconds: 1
+sweep_interval_seconds: never
 default_power_level: turbo
 power_levels:
   eco: {multiplier: -0.1, max_tokens: 0, models: []}
@@ -57,6 +58,7 @@ tiers:
     assert str(info.value).splitlines() == [
         "p.yaml: credits_per_usd must be a number, got 'lots'",
         "p.yaml: hold_ttl_seconds must be an integer of at least 3, got 1",
+        "p.yaml: sweep_interval_seconds must be a number, got 'never'",
         "p.yaml: power_levels.eco.multiplier must be at least 0, got -0.1",
         "p.yaml: power_levels.eco.max_tokens must be a positive integer, got 0",
         "p.yaml: power_levels.eco.models must be a non-empty list of model names",
