@@ -232,8 +232,9 @@ class _Settle:
     async def _finish(self) -> None:
         ctx, ledger, hold = self._ctx, self._owner._ledger, self._ctx.hold
         assert hold is not None
-        settlement = self.decide()
+        settlement: Settlement | None = None
         try:
+            settlement = self.decide()
             if settlement is None:
                 await self._owner._retry(lambda: ledger.void(hold.org_id, hold.request_id))
                 self._owner._record("voided", None)
