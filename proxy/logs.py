@@ -41,16 +41,30 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is at the time of the record (it may be replaced after start-up)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
+
+
 def configure_logging(level: str = "INFO") -> None:
-    """Route the `creditgate` loggers to stderr as JSON lines (idempotent)."""
-    root = logging.getLogger("creditgate")
-    root.setLevel(level)
-    root.propagate = False
-    if not any(h.get_name() == _HANDLER_NAME for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.set_name(_HANDLER_NAME)
-        handler.setFormatter(JsonFormatter())
-        root.addHandler(handler)
+    """JSON lines on stderr for the `creditgate` loggers (at `level`) and for everything else that
+    reaches the root logger (uvicorn's and aiohttp's warnings). Idempotent."""
+    ours = logging.getLogger("creditgate")
+    ours.setLevel(level)
+    ours.propagate = False
+    for logger in (ours, logging.getLogger()):
+        if not any(h.get_name() == _HANDLER_NAME for h in logger.handlers):
+            handler = _Stderr()
+            handler.set_name(_HANDLER_NAME)
+            handler.setFormatter(JsonFormatter())
+            logger.addHandler(handler)
 
 
 class RequestInfo:
