@@ -388,10 +388,13 @@ BEGIN
       IF hid IS NULL THEN
         st := 'request_id_in_use';
       ELSE
-        -- an upsert: the membership's period may have changed since step 2 (READ COMMITTED)
-        INSERT INTO allocation_usage AS a (org_id, user_id, period_start, pending)
-        VALUES (cur, r_user[i], ps, r_amount[i])
-        ON CONFLICT (org_id, user_id, period_start) DO UPDATE SET pending = a.pending + EXCLUDED.pending;
+        UPDATE allocation_usage SET pending = pending + r_amount[i]
+         WHERE org_id = cur AND user_id = r_user[i] AND period_start = ps;
+        IF NOT FOUND THEN  -- the membership's period changed since step 2 (READ COMMITTED)
+          INSERT INTO allocation_usage AS a (org_id, user_id, period_start, pending)
+          VALUES (cur, r_user[i], ps, r_amount[i])
+          ON CONFLICT (org_id, user_id, period_start) DO UPDATE SET pending = a.pending + EXCLUDED.pending;
+        END IF;
         pe := pe + r_amount[i]; v := v + 1;
         INSERT INTO journal (org_id, version, kind, amount, d_pending, request_id, user_id, created_at)
         VALUES (cur, v, 'hold', r_amount[i], r_amount[i], r_rid[i], r_user[i], t);
