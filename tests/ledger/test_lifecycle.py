@@ -1,0 +1,129 @@
+"""Concurrency and lifecycle details: replicas migrating at once, an abandoned reserve, the sweeper
+task, exactly k of N admitted within one process, unknown ids and orgs."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from proxy.errors import ProxyError
+from proxy.ledger import PgLedger
+from proxy.migrate import discover, migrate
+from proxy.sweeper import Sweeper
+from tests.ledger.conftest import add_member, add_org, hold, pool_state, set_clock, usage, violations
+
+ORG, U1, U2 = "org_l", "usr_l1", "usr_l2"
+
+
+async def test_replicas_migrating_at_once_apply_each_file_once(fresh_db: str) -> None:
+    results = await asyncio.gather(*(migrate(fresh_db) for _ in range(4)))
+    names = [m.name for m in discover()]
+    assert sorted(results, key=len) == [[], [], [], names]
+    conn = await asyncpg.connect(fresh_db)
+    assert await conn.fetchval("SELECT count(*) FROM creditgate.schema_migrations") == len(names)
+    await conn.close()
+
+
+@pytest.fixture
+async def org(db: asyncpg.Connection, ledger: PgLedger) -> PgLedger:
+    await add_org(db, ORG)
+    await add_member(db, ORG, U1)
+    await add_member(db, ORG, U2, limit=3000)
+    await ledger.grant(ORG, 10_000, "seed", "g1", None, "operator")
+    return ledger
+
+
+async def test_exactly_k_of_n_admitted(org: PgLedger, db: asyncpg.Connection) -> None:
+    """The pool affords 10 holds of 1,000 and U2's allocation 3 of them: 40 racing attempts."""
+    async def attempt(i: int) -> str:
+        try:
+            await org.reserve(hold(ORG, U2 if i % 2 else U1, f"k{i}", 1000))
+            return "held"
+        except ProxyError as exc:
+            return str(exc.code)
+    outcomes = await asyncio.gather(*(attempt(i) for i in range(40)))
+    assert outcomes.count("held") == 10
+    assert await db.fetchval("SELECT count(*) FROM creditgate.holds WHERE user_id = $1", U2) == 3
+    assert await pool_state(db, ORG) == (10_000, 0, 10_000, 0)
+    assert await violations(db) == []
+
+
+async def test_a_reserve_whose_caller_went_away_is_voided(org: PgLedger, db: asyncpg.Connection) -> None:
+    task = asyncio.ensure_future(org.reserve(hold(ORG, U1, "gone", 500)))
+    await asyncio.sleep(0)  # queued, not yet answered
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(100):
+        if await db.fetchval("SELECT state::text FROM creditgate.holds WHERE request_id = 'gone'") == "voided":
+            break
+        await asyncio.sleep(0.02)
+    assert await db.fetchval("SELECT state::text FROM creditgate.holds WHERE request_id = 'gone'") == "voided"
+    assert await pool_state(db, ORG) == (10_000, 0, 0, 0)
+
+
+async def test_a_settle_whose_caller_went_away_still_lands(org: PgLedger, db: asyncpg.Connection) -> None:
+    await org.reserve(hold(ORG, U1, "r", 500))
+    task = asyncio.ensure_future(org.settle(ORG, "r", usage(200)))
+    await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    again = await org.settle(ORG, "r", usage(200))  # re-driven: the first one landed exactly once
+    assert (again.status, again.charged) == ("already_settled", 200)
+    assert await pool_state(db, ORG) == (10_000, 200, 0, 0)
+
+
+async def test_sweeper_task_expires_holds_in_the_background(org: PgLedger, db: asyncpg.Connection) -> None:
+    expired: list[int] = []
+    sweeper = Sweeper(org, 0.05, on_expired=expired.append)
+    await org.reserve(hold(ORG, U1, "orphan", 500, prompt=12, in_rate="1"))
+    sweeper.start()
+    try:
+        await set_clock(db, 121)
+        for _ in range(100):
+            if expired:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await sweeper.stop()
+    assert expired == [1]
+    row = await org.request(ORG, "orphan")
+    assert row is not None and (row["status"], row["charged_millicredits"], row["usage_source"]) == (
+        "settled", 12, "prompt_only")
+    await set_clock(db, None)
+    assert await violations(db) == []
+
+
+async def test_unknown_ids_and_orgs(org: PgLedger) -> None:
+    await org.void(ORG, "never")  # no-ops
+    await org.checkpoint(ORG, "never", 5)
+    assert await org.request(ORG, "never") is None
+    with pytest.raises(ProxyError) as exc:
+        await org.grant("org_missing", 1, "x", "k", None, "operator")
+    assert (exc.value.status, exc.value.code) == (404, "org_not_found")
+    with pytest.raises(ProxyError) as exc:
+        await org.pool("org_missing")
+    assert exc.value.code == "org_not_found"
+    with pytest.raises(ProxyError) as exc:
+        await org.reserve(hold("org_missing", U1, "x", 1))
+    assert exc.value.code == "not_a_member"
+    with pytest.raises(ProxyError) as exc:
+        await org.usage(ORG, group_by="week", user_id=None, start=None, end=None)
+    assert (exc.value.status, exc.value.code) == (400, "invalid_value")
+
+
+async def test_usage_by_model_and_day_and_history_per_user(org: PgLedger) -> None:
+    await org.reserve(hold(ORG, U1, "a", 100))
+    await org.settle(ORG, "a", usage(30, prompt=4, completion=6))
+    await org.reserve(hold(ORG, U2, "b", 100))
+    await org.settle(ORG, "b", usage(50, prompt=1, completion=2))
+    by_model = await org.usage(ORG, group_by="model", user_id=None, start=None, end=None)
+    assert by_model == [{"model": "fake-small", "requests": 2, "prompt_tokens": 5, "completion_tokens": 8,
+                         "charged_millicredits": 80, "list_price_millicredits": 80}]
+    by_day = await org.usage(ORG, group_by="day", user_id=U2, start=None, end=None)
+    assert len(by_day) == 1 and by_day[0]["charged_millicredits"] == 50 and len(by_day[0]["day"]) == 10
+    rows, more = await org.entries(ORG, user_id=U2, limit=10, after=None)
+    assert [(r["kind"], r["amount_millicredits"], r["balance_delta"], r["held_delta"]) for r in rows] == [
+        ("post", 50, -50, -100), ("hold", 100, 0, 100)] and not more
