@@ -65,7 +65,9 @@ class Upstream:
         self._session: aiohttp.ClientSession | None = None
 
     async def open(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, enable_cleanup_closed=False)
+        # LiteLLM's uvicorn drops idle connections after 5 s (timeout_keep_alive): retire ours first, so
+        # a POST never goes out on a connection the server is closing (POSTs are not retried).
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4.0)
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=self._timeout, auto_decompress=False, trust_env=False,
             skip_auto_headers=("User-Agent",), raise_for_status=False,
