@@ -17,6 +17,7 @@ from proxy.sweeper import Sweeper
 from tests.ledger.conftest import hold, usage
 
 ORG = "org_hammer"
+OTHER_ORGS = ("org_hammer_b", "org_hammer_c", "org_hammer_d")  # batches mix orgs: lock order across pools
 USERS = ("usr_h1", "usr_h2", "usr_h3", "usr_h4")
 
 
@@ -77,23 +78,23 @@ async def _chaos(dsn: str, proc: int, seconds: float, inherited: list[str], seed
                 await asyncio.sleep(0.02)
         raise RuntimeError("ledger unavailable for too long")
 
-    async def settle(rid: str, charge: int) -> None:
-        res = await retry(lambda: ledger.settle(ORG, rid, usage(charge)))
+    async def settle(org: str, rid: str, charge: int) -> None:
+        res = await retry(lambda: ledger.settle(org, rid, usage(charge)))
         assert res.charged == charge, (rid, res)
         log["settled"][rid] = charge
 
     async def lifecycle(n: int) -> None:
         rid, amount = f"chaos-{proc}-{n}", rng.randint(10, 400)
-        user = rng.choice(USERS)
+        user, org = rng.choice(USERS), ORG if rng.random() < 0.6 else rng.choice(OTHER_ORGS)
         if rng.random() < 0.05:  # the client goes away while the reserve is queued
-            task = asyncio.ensure_future(ledger.reserve(hold(ORG, user, rid, amount)))
+            task = asyncio.ensure_future(ledger.reserve(hold(org, user, rid, amount)))
             await asyncio.sleep(0)
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             log["cancelled"].append(rid)
             return
         try:
-            await ledger.reserve(hold(ORG, user, rid, amount))
+            await ledger.reserve(hold(org, user, rid, amount))
         except ProxyError as exc:
             if exc.code == "ledger_unavailable":
                 log["unknown"].append(rid)  # voided best effort, else left to the sweeper
@@ -103,29 +104,29 @@ async def _chaos(dsn: str, proc: int, seconds: float, inherited: list[str], seed
                 raise
             return
         if rng.random() < 0.1:  # a duplicate reserve racing the request itself
-            dup = await asyncio.gather(ledger.reserve(hold(ORG, user, rid, amount)), return_exceptions=True)
+            dup = await asyncio.gather(ledger.reserve(hold(org, user, rid, amount)), return_exceptions=True)
             assert isinstance(dup[0], ProxyError) and dup[0].code in ("request_id_in_use", "ledger_unavailable")
         await asyncio.sleep(rng.uniform(0, 0.01))  # "the upstream call"
         r, charge = rng.random(), int(amount * rng.choice([0, 0.3, 1, 1.2]))
         if r < 0.10:
-            await retry(lambda: ledger.void(ORG, rid))
+            await retry(lambda: ledger.void(org, rid))
             log["voided"].append(rid)
         elif r < 0.15:
             log["abandoned"].append(rid)  # the replica "died": the sweeper settles it from the prompt
         elif r < 0.20:  # late: the real usage arrives after the sweeper settled the hold
             await asyncio.sleep(1.6)
-            await settle(rid, charge)
+            await settle(org, rid, charge)
             log["late"] += 1
         elif r < 0.30:  # the settle is cancelled mid-flight, then re-driven
-            task = asyncio.ensure_future(ledger.settle(ORG, rid, usage(charge)))
+            task = asyncio.ensure_future(ledger.settle(org, rid, usage(charge)))
             await asyncio.sleep(rng.uniform(0, 0.003))
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-            await settle(rid, charge)
+            await settle(org, rid, charge)
         elif r < 0.40:  # duplicate settles racing
-            await asyncio.gather(settle(rid, charge), settle(rid, charge))
+            await asyncio.gather(settle(org, rid, charge), settle(org, rid, charge))
         else:
-            await settle(rid, charge)
+            await settle(org, rid, charge)
 
     async def worker(w: int) -> None:
         n = 0
@@ -133,7 +134,7 @@ async def _chaos(dsn: str, proc: int, seconds: float, inherited: list[str], seed
             await lifecycle(w * 1_000_000 + n)
             n += 1
 
-    await asyncio.gather(*(settle(rid, 700) for rid in inherited))
+    await asyncio.gather(*(settle(ORG, rid, 700) for rid in inherited))
     await asyncio.gather(*(worker(w) for w in range(16)))
     await sweeper.stop()
     await ledger.close()

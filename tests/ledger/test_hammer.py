@@ -4,9 +4,11 @@ Phase 1 (admission): two processes race 2 x 300 reserves (the same ids from both
 across processes) of 1,000 millicredits on a pool that affords exactly 150: exactly 150 are admitted.
 Phase 2 (chaos, `LEDGER_HAMMER_SECONDS`, default 8 s): the processes settle those holds, then run
 reserve/settle/void cycles with duplicate and racing calls, settles cancelled mid-flight and
-re-driven, abandoned holds left to the sweepers (TTL 1 s), late settles after expiry, while this
-process terminates random ledger backends with pg_terminate_backend. At the end: verify is empty,
-no hold is pending, and every settle a client saw is in the database with the charge it saw.
+re-driven, abandoned holds left to the sweepers (TTL 1 s), late settles after expiry, spread over
+four orgs so batches mix pools, while this process terminates random ledger backends with
+pg_terminate_backend. At the end: verify is empty, no hold is pending, PostgreSQL saw no deadlock,
+and every settle a client saw is in the database with the charge it saw (no lost, no phantom usage).
+A longer run: LEDGER_HAMMER_SECONDS=120 LEDGER_HAMMER_SEED=7 pytest tests/ledger/test_hammer.py
 """
 
 from __future__ import annotations
@@ -39,9 +41,15 @@ async def _setup(dsn: str) -> None:
         # allocations oversubscribe the pool on purpose (each member may take half of it)
         await conn.execute("INSERT INTO creditgate.memberships (org_id, user_id, allocation_millicredits) "
                            "VALUES ($1, $2, $3)", hammer.ORG, user, None if i == 0 else AMOUNT * AFFORDABLE // 2)
+    for org in hammer.OTHER_ORGS:
+        await conn.execute("INSERT INTO creditgate.orgs (id, name, tier) VALUES ($1, 'other', 'starter')", org)
+        await conn.executemany("INSERT INTO creditgate.memberships (org_id, user_id) VALUES ($1, $2)",
+                               [(org, user) for user in hammer.USERS])
     await conn.close()
     ledger = await PgLedger.connect(dsn, hold_ttl_seconds=60)
     await ledger.grant(hammer.ORG, AMOUNT * AFFORDABLE, "seed", "seed", None, "operator")
+    for org in hammer.OTHER_ORGS:
+        await ledger.grant(org, 10_000_000, "seed", "seed", None, "operator")
     await ledger.close()
 
 
@@ -72,7 +80,10 @@ async def _final_state(dsn: str) -> dict[str, Any]:
             "pending": await conn.fetchval("SELECT count(*) FROM creditgate.holds WHERE state = 'pending'"),
             "usage": {r["request_id"]: (r["charged"], r["usage_source"]) for r in await conn.fetch(
                 "SELECT request_id, charged, usage_source FROM creditgate.usage_records")},
-            "pool": tuple(await conn.fetchrow("SELECT granted, posted, pending, overage FROM creditgate.pools")),
+            "pools": [tuple(r) for r in await conn.fetch(
+                "SELECT granted, posted, pending, overage FROM creditgate.pools")],
+            "deadlocks": await conn.fetchval(
+                "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"),
             "violations": await verify(dsn),
         }
     finally:
@@ -108,8 +119,10 @@ def test_hammer(fresh_db: str) -> None:
 
     assert final["violations"] == []
     assert final["pending"] == 0
-    granted, posted, pending, overage = final["pool"]
-    assert posted + pending <= granted and pending == 0
+    assert final["deadlocks"] == 0
+    assert len(final["pools"]) == 1 + len(hammer.OTHER_ORGS)
+    for granted, posted, pending, _overage in final["pools"]:
+        assert posted + pending <= granted and pending == 0
     settled = {rid: c for log in logs for rid, c in log["settled"].items()}
     for rid, charge in settled.items():  # no lost usage: the charge each client saw is recorded
         assert final["usage"][rid][0] == charge, rid
