@@ -108,3 +108,35 @@ async def test_postgres_unreachable_fails_closed(redis_server: services.Service)
     with pytest.raises(ProxyError) as info:
         await cache.get(HASH)
     assert (info.value.status, info.value.code) == (503, "ledger_unavailable")
+
+
+class SlowDirectory(FakeDirectory):
+    """A lookup that takes a while, so a revocation can arrive while it is in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def api_key(self, key_hash: str) -> ApiKey | None:
+        self.entered.set()
+        await self.release.wait()
+        return await super().api_key(key_hash)
+
+
+async def test_a_lookup_racing_a_revocation_is_not_cached(redis_server: services.Service) -> None:
+    directory = SlowDirectory()
+    directory.keys[HASH] = KEY
+    cache = KeyCache(directory, Secret(redis_server.url), channel=f"test:race:{time.monotonic_ns()}")
+    await cache.start()
+    try:
+        await until(lambda: cache.healthy)
+        lookup = asyncio.create_task(cache.get(HASH))
+        await directory.entered.wait()
+        await cache.revoke(HASH)  # arrives while the stale row is being read
+        directory.release.set()
+        assert await lookup == KEY  # that one answer was already decided
+        directory.keys[HASH] = ApiKey("key_1", "usr_1", None, True)
+        assert await cache.get(HASH) == ApiKey("key_1", "usr_1", None, True)  # not served from the cache
+    finally:
+        await cache.stop()
