@@ -3,8 +3,9 @@
 
 Every money operation is one call of a PL/pgSQL function in `proxy/migrations/0002_ledger.sql`: one
 transaction, one round trip, READ COMMITTED, conditional updates under the lock order
-hold -> allocation -> pool. Reserves and settles of one org are group-committed
-(`proxy/ledger_batch.py`) so a hot org does not become a queue on its pool row. PostgreSQL
+hold -> allocation -> pool. Reserves and settles are group-committed (`proxy/ledger_batch.py`): a
+few batch transactions per process carry every org's items, so a hot org does not become a queue on
+its pool row and a thousand quiet orgs do not each pay their own commit. PostgreSQL
 unreachable or slower than the statement timeout (2 s) is `ProxyError.ledger_unavailable()`: fail
 closed. Every method is cancellation-safe: once a reserve or settle is queued it completes even if
 the caller is cancelled (a reserve whose caller went away is voided right after).
@@ -110,6 +111,10 @@ class PgLedger(LedgerQueries):
         holds = int(await self._call("SELECT creditgate.expire_holds($1)", limit, retries=0))
         grants = int(await self._call("SELECT creditgate.expire_grants($1)", limit, retries=0))
         return holds, grants
+
+    async def open_holds(self) -> int:
+        """Pending holds right now, over all orgs (the `holds open` gauge)."""
+        return int(await self._call("SELECT count(*) FROM creditgate.holds WHERE state = 'pending'", retries=1))
 
     # ------------------------------------------------------------ plumbing
 

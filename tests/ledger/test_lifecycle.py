@@ -47,6 +47,7 @@ async def test_exactly_k_of_n_admitted(org: PgLedger, db: asyncpg.Connection) ->
     assert outcomes.count("held") == 10
     assert await db.fetchval("SELECT count(*) FROM creditgate.holds WHERE user_id = $1", U2) == 3
     assert await pool_state(db, ORG) == (10_000, 0, 10_000, 0)
+    assert await org.open_holds() == 10
     assert await violations(db) == []
 
 
