@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from typing import Any
 
 import asyncpg
@@ -73,11 +74,12 @@ class PgLedger(LedgerQueries):
     async def reserve(self, request: HoldRequest) -> Hold:
         """Hold `request.amount` against the org pool and the member's allocation at once."""
         _check_hold(request)
+        owner = secrets.token_hex(8)  # lets a blind void release only the hold this call created
         try:
-            out = await self._run(request.org_id, reserve=request)
+            out = await self._run(request.org_id, reserve=(request, owner))
         except ProxyError as exc:
             if exc.code == "ledger_unavailable":  # the outcome is unknown: make sure nothing stays held
-                self._spawn(self._void_quietly(request.org_id, request.request_id))
+                self._spawn(self._void_quietly(request.org_id, request.request_id, owner))
             raise
         if out.status == "held":
             return Hold(request.org_id, request.request_id, request.amount)
@@ -118,7 +120,7 @@ class PgLedger(LedgerQueries):
 
     # ------------------------------------------------------------ plumbing
 
-    async def _run(self, org_id: str, *, reserve: HoldRequest | None = None,
+    async def _run(self, org_id: str, *, reserve: tuple[HoldRequest, str] | None = None,
                    settle: tuple[str, Settlement] | None = None) -> Outcome:
         if not self._batching:
             try:
@@ -128,7 +130,7 @@ class PgLedger(LedgerQueries):
                 raise ProxyError.ledger_unavailable() from exc
             return (res or sets)[0]
         if reserve is not None:
-            future = self._committer.submit_reserve(reserve)
+            future = self._committer.submit_reserve(*reserve)
         else:
             assert settle is not None
             future = self._committer.submit_settle(org_id, *settle)
@@ -141,13 +143,13 @@ class PgLedger(LedgerQueries):
         except UNAVAILABLE as exc:
             raise ProxyError.ledger_unavailable() from exc
 
-    def _after_abandoned_reserve(self, future: asyncio.Future[Outcome], request: HoldRequest) -> None:
+    def _after_abandoned_reserve(self, future: asyncio.Future[Outcome], reserve: tuple[HoldRequest, str]) -> None:
         if future.cancelled() or future.exception() is not None or future.result().status == "held":
-            self._spawn(self._void_quietly(request.org_id, request.request_id))
+            self._spawn(self._void_quietly(reserve[0].org_id, reserve[0].request_id, reserve[1]))
 
-    async def _void_quietly(self, org_id: str, request_id: str) -> None:
+    async def _void_quietly(self, org_id: str, request_id: str, owner: str) -> None:
         try:
-            await self.void(org_id, request_id)
+            await self._call("SELECT creditgate.void_hold($1, $2, $3)", org_id, request_id, owner, retries=2)
         except ProxyError:
             log.warning("could not void an abandoned hold; the sweeper will settle it")
 

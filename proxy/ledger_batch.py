@@ -43,9 +43,11 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 BATCH_SQL = """SELECT op, idx, status, amount, charged, remaining FROM creditgate.ledger_batch(
-  $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"""
+  $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23,
+  $24)"""
 
 SettleItem = tuple[str, str, Settlement]  # (org_id, request_id, settlement)
+ReserveItem = tuple[HoldRequest, str]  # (request, owner nonce of this reserve call)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,32 +63,32 @@ class Outcome:
 @dataclass(slots=True)
 class _Item:
     org_id: str
-    reserve: HoldRequest | None
+    reserve: ReserveItem | None
     settle: SettleItem | None
     future: asyncio.Future[Outcome]
     attempts: int = 0
 
 
-def batch_args(ttl: float, r: Sequence[HoldRequest], settles: Sequence[SettleItem]) -> list[Any]:
-    """The 23 parallel-array arguments of `creditgate.ledger_batch`."""
-    s = [x[2] for x in settles]
+def batch_args(ttl: float, reserves: Sequence[ReserveItem], settles: Sequence[SettleItem]) -> list[Any]:
+    """The 24 parallel-array arguments of `creditgate.ledger_batch`."""
+    r, s = [x[0] for x in reserves], [x[2] for x in settles]
     return [
         ttl,
         [x.org_id for x in r], [x.request_id for x in r], [x.user_id for x in r], [x.key_id for x in r],
         [x.model for x in r], [x.byok for x in r], [x.amount for x in r], [x.prompt_tokens for x in r],
         [x.input_rate for x in r], [x.output_rate for x in r], [x.list_input_rate for x in r],
-        [x.list_output_rate for x in r],
+        [x.list_output_rate for x in r], [x[1] for x in reserves],
         [x[0] for x in settles], [x[1] for x in settles], [x.prompt_tokens for x in s],
         [x.completion_tokens for x in s], [x.charge for x in s], [x.list_price for x in s],
         [x.usage_source for x in s], [x.model for x in s], [x.provider for x in s], [x.deployment for x in s],
     ]
 
 
-async def run_batch(pool: asyncpg.Pool, ttl: float, reserves: Sequence[HoldRequest],
+async def run_batch(pool: asyncpg.Pool, ttl: float, reserves: Sequence[ReserveItem],
                     settles: Sequence[SettleItem], timeout: float) -> tuple[list[Outcome], list[Outcome]]:
     """One `ledger_batch` call in one transaction; returns (reserve outcomes, settle outcomes) in the
     order given (items are sent sorted by org)."""
-    r_order = sorted(range(len(reserves)), key=lambda i: reserves[i].org_id)
+    r_order = sorted(range(len(reserves)), key=lambda i: reserves[i][0].org_id)
     s_order = sorted(range(len(settles)), key=lambda i: settles[i][0])
     args = batch_args(ttl, [reserves[i] for i in r_order], [settles[i] for i in s_order])
     async with pool.acquire(timeout=timeout) as conn:
@@ -122,8 +124,9 @@ class GroupCommitter:
         self._items: list[_Item] = []
         self._flushers: set[asyncio.Task[None]] = set()
 
-    def submit_reserve(self, request: HoldRequest) -> asyncio.Future[Outcome]:
-        return self._submit(_Item(request.org_id, request, None, asyncio.get_running_loop().create_future()))
+    def submit_reserve(self, request: HoldRequest, owner: str) -> asyncio.Future[Outcome]:
+        future = asyncio.get_running_loop().create_future()
+        return self._submit(_Item(request.org_id, (request, owner), None, future))
 
     def submit_settle(self, org_id: str, request_id: str, settlement: Settlement) -> asyncio.Future[Outcome]:
         future = asyncio.get_running_loop().create_future()

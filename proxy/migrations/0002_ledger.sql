@@ -86,6 +86,7 @@ CREATE TABLE holds (
   list_input_rate   numeric NOT NULL CHECK (list_input_rate >= 0),
   list_output_rate  numeric NOT NULL CHECK (list_output_rate >= 0),
   streamed_tokens   bigint NOT NULL DEFAULT 0 CHECK (streamed_tokens >= 0),
+  owner             text,  -- nonce of the reserve call that created it: only that call may void it blind
   created_at        timestamptz NOT NULL,
   expires_at        timestamptz NOT NULL,
   resolved_at       timestamptz,
@@ -236,7 +237,7 @@ CREATE TRIGGER grants_no_delete BEFORE DELETE ON grants FOR EACH ROW EXECUTE FUN
 CREATE FUNCTION ledger_batch(
   p_ttl_seconds double precision,
   r_org text[], r_rid text[], r_user text[], r_key text[], r_model text[], r_byok boolean[], r_amount bigint[],
-  r_prompt bigint[], r_in numeric[], r_out numeric[], r_lin numeric[], r_lout numeric[],
+  r_prompt bigint[], r_in numeric[], r_out numeric[], r_lin numeric[], r_lout numeric[], r_owner text[],
   s_org text[], s_rid text[], s_prompt bigint[], s_completion bigint[], s_charge bigint[], s_list bigint[],
   s_source text[], s_model text[], s_provider text[], s_deployment text[])
 RETURNS TABLE (op text, idx int, status text, amount bigint, charged bigint, remaining bigint)
@@ -380,9 +381,9 @@ BEGIN
     END IF;
     IF st IS NULL THEN
       INSERT INTO holds (org_id, request_id, user_id, key_id, model, byok, amount, period_start, prompt_tokens,
-             input_rate, output_rate, list_input_rate, list_output_rate, created_at, expires_at)
+             input_rate, output_rate, list_input_rate, list_output_rate, owner, created_at, expires_at)
       VALUES (cur, r_rid[i], r_user[i], r_key[i], r_model[i], r_byok[i], r_amount[i], ps, r_prompt[i],
-             r_in[i], r_out[i], r_lin[i], r_lout[i], t, t + make_interval(secs => p_ttl_seconds))
+             r_in[i], r_out[i], r_lin[i], r_lout[i], r_owner[i], t, t + make_interval(secs => p_ttl_seconds))
       ON CONFLICT (org_id, request_id) WHERE state <> 'voided' DO NOTHING
       RETURNING id INTO hid;
       IF hid IS NULL THEN
@@ -424,14 +425,17 @@ BEGIN
 END $$;
 
 -- Release a pending hold entirely (nothing was served): no usage record. Idempotent; never voids a
--- settled or expired hold. Returns voided | already_voided | already_posted | already_expired | not_found.
-CREATE FUNCTION void_hold(p_org text, p_rid text) RETURNS text
+-- settled or expired hold. With p_owner, only the hold that reserve call created is voided (a
+-- reserve whose outcome is unknown must not release a same-id hold of another request).
+-- Returns voided | already_voided | already_posted | already_expired | not_found | not_owner.
+CREATE FUNCTION void_hold(p_org text, p_rid text, p_owner text DEFAULT NULL) RETURNS text
 LANGUAGE plpgsql SET search_path = creditgate, pg_temp AS $$
 DECLARE h holds; t timestamptz := creditgate.now(); v bigint;
 BEGIN
   SELECT * INTO h FROM holds WHERE org_id = p_org AND request_id = p_rid
    ORDER BY state = 'voided', id DESC LIMIT 1 FOR NO KEY UPDATE;
   IF NOT FOUND THEN RETURN 'not_found'; END IF;
+  IF p_owner IS NOT NULL AND h.owner IS DISTINCT FROM p_owner THEN RETURN 'not_owner'; END IF;
   IF h.state <> 'pending' THEN RETURN 'already_' || h.state::text; END IF;
   PERFORM 1 FROM allocation_usage WHERE org_id = p_org AND user_id = h.user_id AND period_start = h.period_start
      FOR NO KEY UPDATE;

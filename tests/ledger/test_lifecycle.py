@@ -128,3 +128,14 @@ async def test_usage_by_model_and_day_and_history_per_user(org: PgLedger) -> Non
     rows, more = await org.entries(ORG, user_id=U2, limit=10, after=None)
     assert [(r["kind"], r["amount_millicredits"], r["balance_delta"], r["held_delta"]) for r in rows] == [
         ("post", 50, -50, -100), ("hold", 100, 0, 100)] and not more
+
+
+async def test_a_blind_void_never_releases_another_requests_hold(org: PgLedger, db: asyncpg.Connection) -> None:
+    """A duplicate reserve whose outcome is unknown voids "its" hold by owner nonce, not by request id
+    (the hammer found the request-id version releasing the original request's hold)."""
+    await org.reserve(hold(ORG, U1, "dup", 500))
+    assert await db.fetchval("SELECT creditgate.void_hold($1, 'dup', 'someone-else')", ORG) == "not_owner"
+    assert await db.fetchval("SELECT state::text FROM creditgate.holds WHERE request_id = 'dup'") == "pending"
+    owner = await db.fetchval("SELECT owner FROM creditgate.holds WHERE request_id = 'dup'")
+    assert await db.fetchval("SELECT creditgate.void_hold($1, 'dup', $2)", ORG, owner) == "voided"
+    assert await pool_state(db, ORG) == (10_000, 0, 0, 0)
