@@ -9,7 +9,7 @@ Any other route or method is 404 `route_not_found`: nothing passes through unbil
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -20,6 +20,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.context import Policy
 from proxy.errors import ProxyError
@@ -63,8 +64,11 @@ def create_app(
             await upstream.close()
 
     table: list[BaseRoute] = list(routes)
+    billed = [Route(f"{prefix}/{p.route}", p, methods=["POST"]) for prefix in PREFIXES for p in passthroughs]
+    taken = {getattr(r, "path", None) for r in routes}
+    fast = {r.path: r for r in billed if r.path not in taken}
+    table += billed
     for prefix in PREFIXES:
-        table += [Route(f"{prefix}/{p.route}", p, methods=["POST"]) for p in passthroughs]
         table += [Route(f"{prefix}/models", _models(upstream), methods=["GET"]),
                   Route(f"{prefix}/models/{{model_id:path}}", _models(upstream), methods=["GET"])]
     table += [
@@ -75,13 +79,31 @@ def create_app(
     app = Starlette(
         routes=table,
         lifespan=lifespan,
-        middleware=[Middleware(AccessLog, metrics=metrics)],
+        middleware=[Middleware(AccessLog, metrics=metrics), Middleware(_BilledFastPath, routes=fast)],
         exception_handlers={HTTPException: _route_not_found, ProxyError: _proxy_error},
     )
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.upstream = upstream
     return app
+
+
+class _BilledFastPath:
+    """POSTs to the billed routes go straight to their raw ASGI endpoint. Starlette's router and
+    exception layer would scan the route table per request and wrap every streamed chunk's `send`;
+    everything else (and any other method on these paths) goes through Starlette as usual."""
+
+    def __init__(self, app: ASGIApp, routes: Mapping[str, Route]) -> None:
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self.routes.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = route
+        await route.app(scope, receive, send)
 
 
 async def _route_not_found(_: Request, exc: Exception) -> Response:

@@ -130,7 +130,8 @@ class StreamTap:
             self.saw_done = True
             return event + b"\n\n"
         if b'"usage"' not in event and b'"error"' not in event:
-            self._observe(event)
+            if not self._meter_fast(event):
+                self._observe(event)
             return event + b"\n\n"
         obj = self._observe(event)
         if obj is None:
