@@ -14,11 +14,10 @@ usage but output seen -> `estimate` (counted prompt plus counted output); nothin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from decimal import Decimal
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from policies.model import OUTPUT_CAPS
 from proxy import pricing
@@ -104,8 +103,10 @@ class ReserveCredits:
         settle = _Settle(self, ctx, model, factor)
         ctx.settle_now = settle
         ctx.cleanup.push_async_callback(settle)
-        if ctx.stream or ctx.body.get("stream") is True:
-            await ctx.cleanup.enter_async_context(self._checkpoints(ctx))
+        # every request, not only streams: a non-stream answer may take longer than the hold's TTL
+        # (upstream timeout 600 s vs 120 s), and an expired hold would free credit still being spent.
+        # Pushed after the settle step, so it stops first.
+        ctx.cleanup.callback(self._renew(ctx, ctx.hold))
 
     def tariff(self, price: pricing.Price, factor: Decimal) -> pricing.Tariff:
         """The integer tariff of `price` at `factor`, computed once per (price, factor)."""
@@ -139,9 +140,7 @@ class ReserveCredits:
     def _void_orphan(self, task: asyncio.Task[Hold], request: HoldRequest) -> None:
         if task.cancelled() or task.exception() is not None:
             return
-        orphan = asyncio.ensure_future(self._void_quietly(request))
-        self._orphans.add(orphan)
-        orphan.add_done_callback(self._orphans.discard)
+        self._background(self._void_quietly(request))
 
     async def _void_quietly(self, request: HoldRequest) -> None:
         try:
@@ -149,27 +148,36 @@ class ReserveCredits:
         except Exception as exc:  # the hold expires; the sweeper settles it (prompt_only)
             log.error("could not void the hold of cancelled request %s: %s", request.request_id, type(exc).__name__)
 
-    @contextlib.asynccontextmanager
-    async def _checkpoints(self, ctx: RequestContext) -> AsyncIterator[None]:
-        """While a stream runs, record what it has delivered so a dead replica's hold settles from it."""
-        hold = ctx.hold
-        assert hold is not None
+    def _renew(self, ctx: RequestContext, hold: Hold) -> Callable[[], None]:
+        """While the request runs, every hold_ttl/3 renew the hold and record what a stream has delivered,
+        so a dead replica's hold settles from it (checkpoint) and a live one's never expires. A timer,
+        not a task per request: most requests end long before the first checkpoint. Returns `stop`."""
+        loop = asyncio.get_running_loop()
+        handle: asyncio.TimerHandle | None = None
 
-        async def renew() -> None:
-            while True:
-                await asyncio.sleep(self._checkpoint_seconds)
-                try:
-                    await self._ledger.checkpoint(hold.org_id, hold.request_id, ctx.meter.tokens())
-                except Exception as exc:  # a missed checkpoint only makes the sweeper's fallback older
-                    log.warning("checkpoint failed: %s", type(exc).__name__)
+        def fire() -> None:
+            nonlocal handle
+            self._background(self._checkpoint(ctx, hold))
+            handle = loop.call_later(self._checkpoint_seconds, fire)
 
-        task = asyncio.create_task(renew(), name=f"checkpoint-{hold.request_id}")
+        def stop() -> None:
+            if handle is not None:
+                handle.cancel()
+
+        handle = loop.call_later(self._checkpoint_seconds, fire)
+        return stop
+
+    async def _checkpoint(self, ctx: RequestContext, hold: Hold) -> None:
         try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await self._ledger.checkpoint(hold.org_id, hold.request_id, ctx.meter.tokens())
+        except Exception as exc:  # a missed checkpoint only makes the sweeper's fallback older
+            log.warning("checkpoint failed: %s", type(exc).__name__)
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` without awaiting it, holding a reference until it ends."""
+        task = asyncio.ensure_future(work)
+        self._orphans.add(task)
+        task.add_done_callback(self._orphans.discard)
 
     async def _retry(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run `call`, retrying an unavailable ledger with backoff for at most `retry_seconds`."""

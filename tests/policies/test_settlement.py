@@ -193,7 +193,7 @@ async def test_stream_checkpoints_while_it_runs(
     assert len(ledger.checkpoints) == checkpoints_at_end  # the renewer stopped with the request
 
 
-async def test_non_stream_requests_do_not_checkpoint(
+async def test_slow_non_stream_requests_keep_their_hold_alive(
     credits: ReserveCredits, ledger: FakeLedger, policy: PolicyConfig, catalogue: Catalogue
 ) -> None:
     ctx = await chat(policy, catalogue)
@@ -203,7 +203,7 @@ async def test_non_stream_requests_do_not_checkpoint(
         await answered(Usage(1, 1))(ctx)
 
     await run(credits, ctx, slow)
-    assert ledger.checkpoints == []
+    assert len(ledger.checkpoints) >= 1 and {c for _, _, c in ledger.checkpoints} == {0}
 
 
 async def test_hold_committed_during_cancellation_is_voided(
