@@ -48,19 +48,22 @@ class PgLedger(LedgerQueries):
     design, kept for the benchmark and for comparison)."""
 
     def __init__(self, pool: asyncpg.Pool, *, hold_ttl_seconds: float, batching: bool = True,
-                 max_batch: int = 256) -> None:
+                 max_batch: int = 256, flushers: int = 2) -> None:
         super().__init__(pool, STATEMENT_TIMEOUT_MS / 1000 + 1)
         self.hold_ttl_seconds = float(hold_ttl_seconds)
         self._batching = batching
-        self._committer = GroupCommitter(pool, self.hold_ttl_seconds, timeout=self.timeout, max_batch=max_batch)
-        # reserves and settles of every org share these few sessions; the rest of the pool serves the
+        # reserves and settles of every org share `flushers` sessions; the rest of the pool serves the
         # single-statement operations (void, checkpoint, sweeps, admin reads)
+        self._committer = GroupCommitter(pool, self.hold_ttl_seconds, timeout=self.timeout, max_batch=max_batch,
+                                         flushers=flushers)
         self._background: set[asyncio.Task[Any]] = set()
 
     @classmethod
-    async def connect(cls, dsn: str, *, hold_ttl_seconds: float, max_size: int = 8, batching: bool = True
-                      ) -> PgLedger:
-        return cls(await create_pool(dsn, max_size=max_size), hold_ttl_seconds=hold_ttl_seconds, batching=batching)
+    async def connect(cls, dsn: str, *, hold_ttl_seconds: float, max_size: int = 8, batching: bool = True,
+                      flushers: int = 2) -> PgLedger:
+        """A ledger on its own asyncpg pool (see `create_pool`); `close()` closes both."""
+        return cls(await create_pool(dsn, max_size=max_size), hold_ttl_seconds=hold_ttl_seconds, batching=batching,
+                   flushers=flushers)
 
     async def close(self) -> None:
         """Send what is queued, finish background voids, close the pool."""
@@ -122,14 +125,10 @@ class PgLedger(LedgerQueries):
 
     async def _run(self, org_id: str, *, reserve: tuple[HoldRequest, str] | None = None,
                    settle: tuple[str, Settlement] | None = None) -> Outcome:
+        future: asyncio.Future[Outcome]
         if not self._batching:
-            try:
-                res, sets = await run_batch(self.db, self.hold_ttl_seconds, [reserve] if reserve else [],
-                                            [(org_id, *settle)] if settle else [], self.timeout)
-            except UNAVAILABLE as exc:
-                raise ProxyError.ledger_unavailable() from exc
-            return (res or sets)[0]
-        if reserve is not None:
+            future = self._spawn(self._run_alone(org_id, reserve, settle))
+        elif reserve is not None:
             future = self._committer.submit_reserve(*reserve)
         else:
             assert settle is not None
@@ -143,6 +142,12 @@ class PgLedger(LedgerQueries):
         except UNAVAILABLE as exc:
             raise ProxyError.ledger_unavailable() from exc
 
+    async def _run_alone(self, org_id: str, reserve: tuple[HoldRequest, str] | None,
+                         settle: tuple[str, Settlement] | None) -> Outcome:
+        res, sets = await run_batch(self.db, self.hold_ttl_seconds, [reserve] if reserve else [],
+                                    [(org_id, *settle)] if settle else [], self.timeout)
+        return (res or sets)[0]
+
     def _after_abandoned_reserve(self, future: asyncio.Future[Outcome], reserve: tuple[HoldRequest, str]) -> None:
         if future.cancelled() or future.exception() is not None or future.result().status == "held":
             self._spawn(self._void_quietly(reserve[0].org_id, reserve[0].request_id, reserve[1]))
@@ -153,10 +158,11 @@ class PgLedger(LedgerQueries):
         except ProxyError:
             log.warning("could not void an abandoned hold; the sweeper will settle it")
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
 
 def _check_hold(r: HoldRequest) -> None:
