@@ -137,7 +137,7 @@ def report(targets: list[Target]) -> None:
               f"{ratio:5.1%} of direct)  p99 {p.quantile('99') * 1000:6.1f} ms  server CPU {cpu}")
 
 
-async def main_async(seconds: float, chain: str | None, skip_litellm: bool) -> None:
+async def main_async(seconds: float, chain: str | None, skip_litellm: bool, log_level: str) -> None:
     logs = Path(tempfile.mkdtemp(prefix="creditgate-bench-"))
     provider = services.start_fake_provider()
     procs: list[subprocess.Popen[bytes]] = []
@@ -147,7 +147,8 @@ async def main_async(seconds: float, chain: str | None, skip_litellm: bool) -> N
         py = sys.executable
         procs.append(spawn([py, "-m", "bench.gateway_servers", "bare", "--port", str(bare_port),
                             "--upstream", provider.url], logs / "bare.log"))
-        gw_argv = [py, "-m", "bench.gateway_servers", "gateway", "--port", str(gw_port), "--upstream", provider.url]
+        gw_argv = [py, "-m", "bench.gateway_servers", "gateway", "--port", str(gw_port), "--upstream", provider.url,
+                   "--log-level", log_level]
         procs.append(spawn(gw_argv + (["--chain", chain] if chain else []), logs / "gateway.log"))
         targets = [
             Target("direct", provider.url, provider.proc.pid),
@@ -176,11 +177,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="duration of each measured phase")
     parser.add_argument("--chain", help="module:factory giving the policy chain, e.g. the full one")
     parser.add_argument("--skip-litellm", action="store_true")
+    parser.add_argument("--gateway-log-level", default="INFO", help="WARNING drops the per-request access line")
     parser.add_argument("--cpus", default="0", help="comma-separated CPUs every process is pinned to, or 'all'")
     args = parser.parse_args()
     if args.cpus != "all":
         os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})  # children inherit it
-    asyncio.run(main_async(args.seconds, args.chain, args.skip_litellm))
+    asyncio.run(main_async(args.seconds, args.chain, args.skip_litellm, args.gateway_log_level))
 
 
 if __name__ == "__main__":

@@ -89,6 +89,22 @@ def request_info(scope: Scope) -> RequestInfo:
     return info
 
 
+def _write_access(info: RequestInfo, method: str, route: str, seconds: float) -> None:
+    """The access line, in JsonFormatter's shape, written straight to stderr: the logging machinery
+    (record, caller lookup, lock, formatter) cost ~80 µs per request, as much as the proxying itself."""
+    now = time.time()
+    line = {
+        "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z",
+        "level": "info", "logger": "creditgate.access", "msg": "request", "request_id": info.request_id,
+        "method": method, "route": route, "status": info.status or 500, "duration_ms": round(seconds * 1000, 3),
+        "model": info.model,
+    }
+    try:
+        sys.stderr.write(orjson.dumps(line).decode() + "\n")
+    except (OSError, ValueError):  # a closed or broken stderr must not fail the request (logging does the same)
+        pass
+
+
 class AccessLog:
     """Pure ASGI middleware; wraps every HTTP request of the app."""
 
@@ -121,7 +137,5 @@ class AccessLog:
             label = info.route or (getattr(route, "path", None) if route is not None else None) or "unmatched"
             seconds = time.perf_counter() - started
             self.metrics.request(label, info.status or 500, seconds)
-            self.log.info("request", extra={
-                "request_id": info.request_id, "method": scope["method"], "route": label,
-                "status": info.status or 500, "duration_ms": round(seconds * 1000, 3), "model": info.model,
-            })
+            if self.log.isEnabledFor(logging.INFO):
+                _write_access(info, scope["method"], label, seconds)
