@@ -17,7 +17,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from proxy.context import Settlement
+
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_OUTCOMES = frozenset({"posted", "late_posted", "already_settled", "voided", "failed"})
 _OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 
 
@@ -60,6 +63,8 @@ class Metrics:
                                   ["reason"], registry=r)
         self.active_streams = Gauge("creditgate_active_streams", "Streams being relayed now.", registry=r,
                                     multiprocess_mode="livesum")
+        self.settlements = Counter("creditgate_settlements", "Settlements by outcome (posted, voided, ...).",
+                                   ["outcome"], registry=r)
         self._requests: dict[tuple[str, int], Counter] = {}
         self._routes: dict[str, tuple[Histogram, Histogram, Histogram]] = {}
         self.upstream_errors = Counter("creditgate_upstream_errors", "Upstream failures by error code.",
@@ -94,6 +99,13 @@ class Metrics:
         self.tokens.labels(label, "prompt").inc(prompt_tokens)
         self.tokens.labels(label, "completion").inc(completion_tokens)
         self.credits.labels(label).inc(millicredits)
+
+    def settled(self, outcome: str, settlement: Settlement | None) -> None:
+        """The `record` hook of policies.credits.ReserveCredits: counts every outcome, and the tokens
+        and credits of a settlement that was posted (never twice for "already_settled")."""
+        self.settlements.labels(outcome if outcome in _OUTCOMES else "other").inc()
+        if settlement is not None and outcome in ("posted", "late_posted"):
+            self.charged(settlement.model, settlement.prompt_tokens, settlement.completion_tokens, settlement.charge)
 
     def rejected(self, code: str | None) -> None:
         self.rejections.labels(code or "unknown").inc()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy.context import Settlement
 from proxy.metrics import Metrics, configured_models
 from proxy.settings import ConfigError, Settings
 
@@ -64,3 +65,17 @@ def test_metric_model_labels_are_bounded() -> None:
     assert 'creditgate_tokens_total{kind="prompt",model="fake-small"} 11.0' in text
     assert 'creditgate_credits_charged_millicredits_total{model="other"} 7.0' in text
     assert configured_models(Path("/nonexistent.yaml")) == frozenset()
+
+
+def test_settlement_hook_counts_posted_tokens_once() -> None:
+    metrics = Metrics({"fake-small"})
+    done = Settlement(prompt_tokens=5, completion_tokens=7, charge=300, list_price=300, usage_source="provider",
+                      model="fake-small", provider="openai", deployment="fake-small-1")
+    metrics.settled("posted", done)
+    metrics.settled("already_settled", done)
+    metrics.settled("voided", None)
+    text = metrics.render()[0].decode()
+    assert 'creditgate_tokens_total{kind="completion",model="fake-small"} 7.0' in text
+    assert 'creditgate_credits_charged_millicredits_total{model="fake-small"} 300.0' in text
+    assert 'creditgate_settlements_total{outcome="already_settled"} 1.0' in text
+    assert 'creditgate_settlements_total{outcome="voided"} 1.0' in text
