@@ -10,7 +10,7 @@ Any other route or method is 404 `route_not_found`: nothing passes through unbil
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
@@ -35,6 +35,7 @@ from proxy.upstream import Upstream
 PREFIXES = ("/v1", "/api/v1/llm")
 BILLED_ROUTES = ("chat/completions", "completions", "embeddings", "images/generations")
 PolicySource = Sequence[Policy] | Callable[[State], Sequence[Policy]]
+Resource = Callable[[State], AbstractAsyncContextManager[Any]]
 
 
 def create_app(
@@ -43,9 +44,12 @@ def create_app(
     policies: PolicySource = (),
     routes: Sequence[BaseRoute] = (),
     ready_checks: Sequence[Callable[[], Awaitable[None]]] = (),
+    resources: Sequence[Resource] = (),
 ) -> Starlette:
-    """The gateway app. `policies` is the chain, or a factory `(app.state) -> chain` evaluated in the
-    lifespan once the shared resources exist. `app.state` holds settings, metrics and upstream."""
+    """The gateway app. `app.state` holds settings, metrics and upstream from the start. The lifespan
+    opens the upstream session, then enters each of `resources` (`(app.state) -> async context
+    manager`, e.g. the asyncpg pool, Redis, the sweeper; each may put what it opens on app.state),
+    then evaluates `policies`: the chain, or a factory `(app.state) -> chain`. All close in reverse."""
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level)
     metrics = Metrics(configured_models(settings.litellm_config))
@@ -54,14 +58,15 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await upstream.open()
-        try:
+        async with AsyncExitStack() as stack:
+            await upstream.open()
+            stack.push_async_callback(upstream.close)
+            for resource in resources:
+                await stack.enter_async_context(resource(app.state))
             chain = tuple(policies if isinstance(policies, Sequence) else policies(app.state))
             for passthrough in passthroughs:
                 passthrough.policies = chain
             yield
-        finally:
-            await upstream.close()
 
     table: list[BaseRoute] = list(routes)
     billed = [Route(f"{prefix}/{p.route}", p, methods=["POST"]) for prefix in PREFIXES for p in passthroughs]
