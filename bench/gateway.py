@@ -1,4 +1,4 @@
-"""Gateway overhead benchmark (not a test): `python -m bench.gateway [--seconds S] [--chain mod:factory]`.
+"""Gateway overhead benchmark (not a test): `python -m bench.gateway [--seconds S] [--chain|--app mod:fn]`.
 
 In one run, against the same fake provider (devstack/fake_provider.py), it measures
 (a) the provider directly, (b) a bare raw-ASGI + aiohttp passthrough (the floor), (c) the creditgate
@@ -83,13 +83,13 @@ def spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
 
 
-async def wait_ready(url: str, timeout: float = 30) -> None:
+async def wait_ready(url: str, key: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
             try:
                 async with session.post(f"{url}/v1/chat/completions", data=orjson.dumps(NONSTREAM),
-                                        headers={"authorization": f"Bearer {services.MASTER_KEY}"}) as resp:
+                                        headers={"authorization": f"Bearer {key}"}) as resp:
                     if resp.status == 200:
                         return
             except aiohttp.ClientError:
@@ -137,7 +137,7 @@ def report(targets: list[Target]) -> None:
               f"{ratio:5.1%} of direct)  p99 {p.quantile('99') * 1000:6.1f} ms  server CPU {cpu}")
 
 
-async def main_async(seconds: float, chain: str | None, skip_litellm: bool, log_level: str) -> None:
+async def main_async(seconds: float, plug: list[str], skip_litellm: bool, log_level: str, key: str) -> None:
     logs = Path(tempfile.mkdtemp(prefix="creditgate-bench-"))
     provider = services.start_fake_provider()
     procs: list[subprocess.Popen[bytes]] = []
@@ -149,17 +149,17 @@ async def main_async(seconds: float, chain: str | None, skip_litellm: bool, log_
                             "--upstream", provider.url], logs / "bare.log"))
         gw_argv = [py, "-m", "bench.gateway_servers", "gateway", "--port", str(gw_port), "--upstream", provider.url,
                    "--log-level", log_level]
-        procs.append(spawn(gw_argv + (["--chain", chain] if chain else []), logs / "gateway.log"))
+        procs.append(spawn(gw_argv + plug, logs / "gateway.log"))
         targets = [
             Target("direct", provider.url, provider.proc.pid),
             Target("bare", f"http://127.0.0.1:{bare_port}", procs[0].pid),
-            Target("gateway", f"http://127.0.0.1:{gw_port}", procs[1].pid),
+            Target("gateway", f"http://127.0.0.1:{gw_port}", procs[1].pid, key=key),
         ]
         if not skip_litellm:
             litellm = services.start_litellm(services.render_litellm_config(provider.url, logs / "litellm.yaml"))
             targets.append(Target("litellm", litellm.url, litellm.proc.pid, key=services.MASTER_KEY))
         for t in targets:
-            await wait_ready(t.url)
+            await wait_ready(t.url, t.key)
         print(f"bench: {seconds:g} s per phase; CPUs {sorted(os.sched_getaffinity(0))}; logs in {logs}")
         for t in targets:
             await measure(t, seconds)
@@ -175,14 +175,17 @@ async def main_async(seconds: float, chain: str | None, skip_litellm: bool, log_
 def main() -> None:
     parser = argparse.ArgumentParser(description="creditgate gateway overhead benchmark")
     parser.add_argument("--seconds", type=float, default=4.0, help="duration of each measured phase")
-    parser.add_argument("--chain", help="module:factory giving the policy chain, e.g. the full one")
+    parser.add_argument("--chain", help="module:factory, factory(app_state) -> the policy chain")
+    parser.add_argument("--app", help="module:factory, factory(upstream_url) -> a fully wired gateway app")
     parser.add_argument("--skip-litellm", action="store_true")
+    parser.add_argument("--gateway-key", default="sk-bench-client", help="API key the load sends to the gateway")
     parser.add_argument("--gateway-log-level", default="INFO", help="WARNING drops the per-request access line")
     parser.add_argument("--cpus", default="0", help="comma-separated CPUs every process is pinned to, or 'all'")
     args = parser.parse_args()
     if args.cpus != "all":
         os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})  # children inherit it
-    asyncio.run(main_async(args.seconds, args.chain, args.skip_litellm, args.gateway_log_level))
+    plug = ["--chain", args.chain] if args.chain else ["--app", args.app] if args.app else []
+    asyncio.run(main_async(args.seconds, plug, args.skip_litellm, args.gateway_log_level, args.gateway_key))
 
 
 if __name__ == "__main__":

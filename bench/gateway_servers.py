@@ -4,7 +4,8 @@
   passthrough (the floor any Python proxy on this stack can reach; perf-ceiling.md stack c2).
 - `python -m bench.gateway_servers gateway --port N --upstream URL [--chain module:factory]`:
   creditgate's `create_app` with dummy database/Redis settings and the given policy chain
-  (`factory(app_state) -> Sequence[Policy]`; none = the empty chain).
+  (`factory(app_state) -> Sequence[Policy]`; none = the empty chain); or `--app module:factory`,
+  `factory(upstream_url) -> ASGI app`, for a fully wired gateway (pool, Redis, the real chain).
 Both run uvicorn with uvloop + httptools and no access log, like `creditgate serve`.
 """
 
@@ -64,6 +65,11 @@ class BarePassthrough:
             await send({"type": "http.response.body", "body": data})
 
 
+def _load(spec: str) -> Any:
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def gateway_app(upstream: str, chain: str | None, log_level: str) -> Any:
     from proxy.app import create_app
     from proxy.settings import Secret, Settings
@@ -74,10 +80,7 @@ def gateway_app(upstream: str, chain: str | None, log_level: str) -> Any:
         byok_keys=(), litellm_config=ROOT / "litellm_config.yaml", policy_config=ROOT / "policy.yaml",
         log_level=log_level,
     )
-    if chain:
-        module, _, name = chain.partition(":")
-        return create_app(settings, policies=getattr(importlib.import_module(module), name))
-    return create_app(settings)
+    return create_app(settings, policies=_load(chain)) if chain else create_app(settings)
 
 
 def main() -> None:
@@ -86,10 +89,15 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--chain")
+    parser.add_argument("--app")
     parser.add_argument("--log-level", default="INFO", help="INFO writes creditgate's access line per request")
     args = parser.parse_args()
-    app = (BarePassthrough(args.upstream) if args.kind == "bare"
-           else gateway_app(args.upstream, args.chain, args.log_level))
+    if args.kind == "bare":
+        app = BarePassthrough(args.upstream)
+    elif args.app:
+        app = _load(args.app)(args.upstream)
+    else:
+        app = gateway_app(args.upstream, args.chain, args.log_level)
     uvicorn.run(app, host="127.0.0.1", port=args.port, loop="uvloop", http="httptools", access_log=False,
                 log_level="warning", lifespan="on", server_header=False)
 
