@@ -225,6 +225,16 @@ CREATE TRIGGER grants_no_delete BEFORE DELETE ON grants FOR EACH ROW EXECUTE FUN
 
 -- ------------------------------------------------------------------ operations
 
+-- A request id is in use in an org while it has a hold that was not voided, or a usage record (a
+-- voided hold that was settled late). One index probe in the common case of a new id.
+CREATE FUNCTION in_use(p_org text, p_rid text) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = creditgate, pg_temp AS $$
+DECLARE s hold_state;
+BEGIN
+  SELECT state INTO s FROM holds WHERE org_id = p_org AND request_id = p_rid ORDER BY state = 'voided' LIMIT 1;
+  RETURN FOUND AND (s <> 'voided' OR EXISTS (SELECT 1 FROM usage_records WHERE org_id = p_org AND request_id = p_rid));
+END $$;
+
 -- Group commit: one transaction for the reserves and settles of any number of orgs (items sorted by
 -- org keep it to two pool updates per org). Locks follow the global order for the WHOLE batch: the
 -- settled holds (by id), then every allocation row (sorted), then every pool (sorted); only then are
@@ -252,6 +262,9 @@ DECLARE
   used bigint; hid bigint; st text;
   o_op text[] := '{}'; o_idx int[] := '{}'; o_status text[] := '{}'; o_amount bigint[] := '{}';
   o_charged bigint[] := '{}'; o_org text[] := '{}'; o_user text[] := '{}';
+  -- journal entries, written with one INSERT at the end
+  j_org text[] := '{}'; j_ver bigint[] := '{}'; j_kind text[] := '{}'; j_amount bigint[] := '{}';
+  j_dp bigint[] := '{}'; j_dpe bigint[] := '{}'; j_dov bigint[] := '{}'; j_rid text[] := '{}'; j_user text[] := '{}';
 BEGIN
   -- 1. the settled holds, by id
   PERFORM 1 FROM holds hh JOIN unnest(s_org, s_rid) AS k(o, r) ON hh.org_id = k.o AND hh.request_id = k.r
@@ -294,11 +307,14 @@ BEGIN
       CONTINUE;
     END IF;
     c := s_charge[i];
-    SELECT * INTO u FROM usage_records WHERE org_id = cur AND request_id = s_rid[i];
-    IF FOUND AND NOT u.estimated THEN
+    u := NULL;
+    IF h.state <> 'pending' THEN  -- a pending hold has no usage record yet (audited by invariant_violations)
+      SELECT * INTO u FROM usage_records WHERE org_id = cur AND request_id = s_rid[i];
+    END IF;
+    IF u.request_id IS NOT NULL AND NOT u.estimated THEN
       st := CASE WHEN u.charged = c THEN 'already_settled' ELSE 'conflict' END;
       c := u.charged;
-    ELSIF FOUND THEN
+    ELSIF u.request_id IS NOT NULL THEN
       -- the sweeper settled this hold from its checkpoint; the real usage replaces that estimate once
       delta := c - u.charged;
       IF delta >= 0 THEN
@@ -314,8 +330,9 @@ BEGIN
        WHERE org_id = cur AND request_id = s_rid[i];
       UPDATE allocation_usage SET posted = posted + delta
        WHERE org_id = cur AND user_id = h.user_id AND period_start = h.period_start;
-      INSERT INTO journal (org_id, version, kind, amount, d_posted, d_overage, request_id, user_id, created_at)
-      VALUES (cur, v, 'correction', delta, cov, over, h.request_id, h.user_id, t);
+      j_org := j_org || cur; j_ver := j_ver || v; j_kind := j_kind || 'correction'::text;
+      j_amount := j_amount || delta; j_dp := j_dp || cov; j_dpe := j_dpe || 0::bigint; j_dov := j_dov || over;
+      j_rid := j_rid || h.request_id; j_user := j_user || h.user_id;
       st := 'late_posted';
     ELSE
       IF h.state = 'pending' THEN
@@ -337,10 +354,10 @@ BEGIN
              period_start, recorded_at)
       VALUES (cur, h.request_id, h.id, h.user_id, h.key_id, s_model[i], s_provider[i], s_deployment[i],
              s_prompt[i], s_completion[i], c, cov, over, s_list[i], s_source[i], h.byok, h.period_start, t);
-      INSERT INTO journal (org_id, version, kind, amount, d_posted, d_pending, d_overage, request_id, user_id,
-             created_at)
-      VALUES (cur, v, CASE WHEN st = 'posted' THEN 'post' ELSE 'late_post' END, c, cov,
-             CASE WHEN st = 'posted' THEN -h.amount ELSE 0 END, over, h.request_id, h.user_id, t);
+      j_org := j_org || cur; j_ver := j_ver || v;
+      j_kind := j_kind || CASE WHEN st = 'posted' THEN 'post' ELSE 'late_post' END;
+      j_amount := j_amount || c; j_dp := j_dp || cov; j_dpe := j_dpe || CASE WHEN st = 'posted' THEN -h.amount ELSE 0 END;
+      j_dov := j_dov || over; j_rid := j_rid || h.request_id; j_user := j_user || h.user_id;
     END IF;
     o_op := o_op || 'settle'::text; o_idx := o_idx || i; o_status := o_status || st; o_amount := o_amount || h.amount;
     o_charged := o_charged || c; o_org := o_org || cur; o_user := o_user || h.user_id;
@@ -364,8 +381,7 @@ BEGIN
       st := 'not_a_member';
     ELSIF org_suspended OR m.suspended THEN
       st := 'suspended';
-    ELSIF EXISTS (SELECT 1 FROM holds WHERE org_id = cur AND request_id = r_rid[i] AND state <> 'voided')
-       OR EXISTS (SELECT 1 FROM usage_records WHERE org_id = cur AND request_id = r_rid[i]) THEN
+    ELSIF in_use(cur, r_rid[i]) THEN
       st := 'request_id_in_use';
     ELSIF r_amount[i] > g - p - pe - ov THEN
       st := 'org_pool_exhausted';
@@ -397,8 +413,9 @@ BEGIN
           ON CONFLICT (org_id, user_id, period_start) DO UPDATE SET pending = a.pending + EXCLUDED.pending;
         END IF;
         pe := pe + r_amount[i]; v := v + 1;
-        INSERT INTO journal (org_id, version, kind, amount, d_pending, request_id, user_id, created_at)
-        VALUES (cur, v, 'hold', r_amount[i], r_amount[i], r_rid[i], r_user[i], t);
+        j_org := j_org || cur; j_ver := j_ver || v; j_kind := j_kind || 'hold'::text;
+        j_amount := j_amount || r_amount[i]; j_dp := j_dp || 0::bigint; j_dpe := j_dpe || r_amount[i];
+        j_dov := j_dov || 0::bigint; j_rid := j_rid || r_rid[i]; j_user := j_user || r_user[i];
         st := 'held';
       END IF;
     END IF;
@@ -409,6 +426,9 @@ BEGIN
   IF have_pool AND v <> pl.version THEN
     UPDATE pools SET posted = p, pending = pe, overage = ov, version = v WHERE org_id = cur;
   END IF;
+  INSERT INTO journal (org_id, version, kind, amount, d_posted, d_pending, d_overage, request_id, user_id, created_at)
+  SELECT jo, jv, jk, ja, jp, jpe, jov, jr, ju, t
+    FROM unnest(j_org, j_ver, j_kind, j_amount, j_dp, j_dpe, j_dov, j_rid, j_user) AS j(jo, jv, jk, ja, jp, jpe, jov, jr, ju);
 
   RETURN QUERY
   SELECT x.op, x.idx, x.status, x.amount, x.charged,
