@@ -129,3 +129,18 @@ def test_sdk_timeout_is_504(start_gateway, litellm: services.Service) -> None:  
     with client(slow) as c, pytest.raises(openai.InternalServerError) as timeout:
         c.chat.completions.create(**chat(), extra_body={"fake_chunks": 2, "fake_delay_ms": 1000})
     assert timeout.value.status_code == 504 and timeout.value.code == "upstream_timeout"
+
+
+async def test_async_completions_stream_with_usage(gateway: Gateway) -> None:
+    rid = new_request_id()
+    async with aclient(gateway) as c:
+        stream = await c.completions.create(model="fake-small", prompt="say hi now", stream=True,
+                                            stream_options={"include_usage": True}, extra_body={"fake_chunks": 3},
+                                            extra_headers={"x-request-id": rid})
+        chunks = [chunk async for chunk in stream]
+    assert "".join(ch.choices[0].text or "" for ch in chunks if ch.choices) == "Hello w1 w2"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (3, 3)
+    assert sum(ch.usage is not None for ch in chunks) == 1
+    ctx = gateway.probe.context(rid)
+    assert ctx.meter.chunks == 3 and ctx.failure is None
