@@ -256,7 +256,7 @@ LANGUAGE plpgsql SET search_path = creditgate, pg_temp AS $$
 DECLARE
   t timestamptz := creditgate.now();
   cur text; have_pool boolean := false; pl pools; g bigint; p bigint; pe bigint; ov bigint; v bigint;
-  h holds; u usage_records; m record; org_suspended boolean;
+  h holds; u usage_records; m record; org_suspended boolean; susp_org text;
   k_orgs text[]; k_users text[]; k_periods timestamptz[];
   i int; c bigint; cov bigint; over bigint; delta bigint; rel bigint; u_dov bigint; ps timestamptz;
   used bigint; hid bigint; st text;
@@ -372,14 +372,17 @@ BEGIN
       SELECT * INTO pl FROM pools WHERE org_id = cur;
       have_pool := FOUND;
       g := pl.granted; p := pl.posted; pe := pl.pending; ov := pl.overage; v := pl.version;
+    END IF;
+    IF susp_org IS DISTINCT FROM cur THEN  -- not with the pool: the settle loop may have loaded it
       SELECT oo.suspended INTO org_suspended FROM orgs oo WHERE oo.id = cur;
+      susp_org := cur;
     END IF;
     st := NULL;
     SELECT mm.allocation_millicredits AS lim, mm.allocation_period AS period, mm.suspended INTO m
       FROM memberships mm WHERE mm.org_id = cur AND mm.user_id = r_user[i];
     IF NOT FOUND OR NOT have_pool THEN
       st := 'not_a_member';
-    ELSIF org_suspended OR m.suspended THEN
+    ELSIF org_suspended IS NOT FALSE OR m.suspended THEN
       st := 'suspended';
     ELSIF in_use(cur, r_rid[i]) THEN
       st := 'request_id_in_use';

@@ -10,6 +10,7 @@ import pytest
 
 from proxy.errors import ProxyError
 from proxy.ledger import PgLedger
+from proxy.ledger_batch import run_batch
 from proxy.migrate import discover, migrate
 from proxy.sweeper import Sweeper
 from tests.ledger.conftest import add_member, add_org, hold, pool_state, set_clock, usage, violations
@@ -139,3 +140,13 @@ async def test_a_blind_void_never_releases_another_requests_hold(org: PgLedger, 
     owner = await db.fetchval("SELECT owner FROM creditgate.holds WHERE request_id = 'dup'")
     assert await db.fetchval("SELECT creditgate.void_hold($1, 'dup', $2)", ORG, owner) == "voided"
     assert await pool_state(db, ORG) == (10_000, 0, 0, 0)
+
+
+async def test_suspension_holds_when_a_batch_settles_before_it_reserves(org: PgLedger, db: asyncpg.Connection) -> None:
+    """One batch: a settle then a reserve of the same org; the reserve must still see the suspension."""
+    await org.reserve(hold(ORG, U1, "s1", 100))
+    await db.execute("UPDATE creditgate.orgs SET suspended = true WHERE id = $1", ORG)
+    res, sets = await run_batch(org.db, 60, [(hold(ORG, U1, "s2", 100), "o")], [(ORG, "s1", usage(10))], 5)
+    assert [o.status for o in sets] == ["posted"]  # settling what was admitted before goes on
+    assert [o.status for o in res] == ["suspended"]
+    assert await violations(db) == []
