@@ -23,6 +23,9 @@ SMUGGLED: dict[str, Any] = {
     "litellm_logging_obj": "x",
     "fallbacks": ["fake-large"],
     "power_level": "eco",
+    # LiteLLM would refuse these with a 401 (its banned body params): dropped, the call goes through
+    "langfuse_host": "http://127.0.0.1:9", "tiered_pricing": [], "cost_per_second": 0, "aws_profile_name": "x",
+    "callbacks": ["x"], "_router_weights": 1,
 }
 
 
