@@ -10,7 +10,8 @@ import time
 import aiohttp
 import orjson
 
-from tests.core.conftest import Gateway, Provider, chat, new_request_id
+from devstack import services
+from tests.core.conftest import Gateway, GatewayFactory, Provider, chat, new_request_id
 
 
 async def _post(gateway: Gateway, body: dict[str, object], rid: str) -> tuple[aiohttp.ClientSession,
@@ -119,3 +120,22 @@ async def test_nonstream_is_settled_before_headers_leave(gateway: Gateway) -> No
             assert resp.headers["x-request-id"] == rid
             assert int(resp.headers["content-length"]) == len(await resp.read())
     assert gateway.probe.settled_at[rid] <= received
+
+
+async def test_broken_or_stalled_upstream_connection_mid_stream(start_gateway: GatewayFactory,
+                                                               fake_provider: services.Service) -> None:
+    # the gateway straight in front of the provider: the TCP connection itself breaks or stalls mid-stream
+    direct = start_gateway(fake_provider.url, upstream_timeout_seconds=0.5)
+    cases = [(dict(fake_chunks=6, fake_delay_ms=50, fake_fail_after=2), "upstream_failed"),
+             (dict(fake_chunks=3, fake_delay_ms=1500), "upstream_timeout")]
+    for extra, code in cases:
+        rid = new_request_id()
+        session, resp = await _post(direct, chat(stream=True, **extra), rid)
+        async with session, resp:
+            assert resp.status == 200
+            body = await resp.read()
+        events = [e for e in body.split(b"\n\n") if e]
+        assert orjson.loads(events[-1][len(b"data: "):])["error"]["code"] == code
+        assert b"[DONE]" not in body
+        ctx = direct.probe.context(rid)
+        assert ctx.failure == "upstream_failed" and ctx.response_started and ctx.meter.chunks >= 1
