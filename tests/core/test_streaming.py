@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import aiohttp
 import orjson
@@ -126,8 +127,10 @@ async def test_broken_or_stalled_upstream_connection_mid_stream(start_gateway: G
                                                                fake_provider: services.Service) -> None:
     # the gateway straight in front of the provider: the TCP connection itself breaks or stalls mid-stream
     direct = start_gateway(fake_provider.url, upstream_timeout_seconds=0.5)
-    cases = [(dict(fake_chunks=6, fake_delay_ms=50, fake_fail_after=2), "upstream_failed"),
-             (dict(fake_chunks=3, fake_delay_ms=1500), "upstream_timeout")]
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"fake_chunks": 6, "fake_delay_ms": 50, "fake_fail_after": 2}, "upstream_failed"),
+        ({"fake_chunks": 3, "fake_delay_ms": 1500}, "upstream_timeout"),
+    ]
     for extra, code in cases:
         rid = new_request_id()
         session, resp = await _post(direct, chat(stream=True, **extra), rid)
