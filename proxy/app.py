@@ -25,10 +25,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from proxy.context import Policy
 from proxy.errors import ProxyError
 from proxy.headers import client_response_headers
-from proxy.health import Readiness, healthz, metrics_endpoint
+from proxy.health import Readiness, ReadyCheck, healthz, metrics_endpoint
 from proxy.logs import AccessLog, configure_logging
 from proxy.metrics import Metrics, configured_models
 from proxy.passthrough import Passthrough
+from proxy.runtime import Product
 from proxy.settings import Settings
 from proxy.upstream import Upstream
 
@@ -41,16 +42,22 @@ Resource = Callable[[State], AbstractAsyncContextManager[Any]]
 def create_app(
     settings: Settings | None = None,
     *,
-    policies: PolicySource = (),
+    policies: PolicySource | None = None,
     routes: Sequence[BaseRoute] = (),
-    ready_checks: Sequence[Callable[[], Awaitable[None]]] = (),
+    ready_checks: Sequence[ReadyCheck] = (),
     resources: Sequence[Resource] = (),
 ) -> Starlette:
-    """The gateway app. `app.state` holds settings, metrics and upstream from the start. The lifespan
+    """The gateway app. Without `policies` it is the whole product (proxy/runtime.py: the ledger, the
+    directory, the policy chain, the caller and admin routes); tests of the core pass their own chain.
+    `app.state` holds settings, metrics and upstream from the start. The lifespan
     opens the upstream session, then enters each of `resources` (`(app.state) -> async context
     manager`, e.g. the asyncpg pool, Redis, the sweeper; each may put what it opens on app.state),
     then evaluates `policies`: the chain, or a factory `(app.state) -> chain`. All close in reverse."""
     settings = settings or Settings.from_env()
+    product = Product(settings) if policies is None else None  # loads the policy file and model list now
+    if product is not None:
+        policies, resources = product.policies, (*resources, product.resource)
+        ready_checks = (*ready_checks, product.postgres, product.redis)
     configure_logging(settings.log_level)
     metrics = Metrics(configured_models(settings.litellm_config))
     upstream = Upstream(settings)
@@ -63,6 +70,7 @@ def create_app(
             stack.push_async_callback(upstream.close)
             for resource in resources:
                 await stack.enter_async_context(resource(app.state))
+            assert policies is not None
             chain = tuple(policies if isinstance(policies, Sequence) else policies(app.state))
             for passthrough in passthroughs:
                 passthrough.policies = chain
@@ -90,6 +98,8 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.upstream = upstream
+    if product is not None:
+        product.router = app.router
     return app
 
 

@@ -25,6 +25,9 @@ def _database_url() -> str:
 
 def serve() -> int:
     settings = Settings.from_env()
+    from proxy.runtime import load_config
+
+    load_config(settings)  # a bad policy file or model list stops here, one line per mistake
     import uvicorn
 
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -39,6 +42,7 @@ def serve() -> int:
         loop="uvloop",
         http="httptools",
         access_log=False,
+        server_header=False,
         log_config=None,
         timeout_graceful_shutdown=30,
         lifespan="on",

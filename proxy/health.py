@@ -19,7 +19,9 @@ from proxy.errors import ProxyError
 from proxy.metrics import Metrics
 from proxy.upstream import Upstream
 
-ReadyCheck = Callable[[], Awaitable[None]]
+# A check raises when not ready; it may return "degraded" for a dependency the gateway can do without
+# (Redis: keys are then read from PostgreSQL, money is unaffected), reported but not failing readiness.
+ReadyCheck = Callable[[], Awaitable[str | None]]
 log = logging.getLogger("creditgate.health")
 
 
@@ -42,17 +44,17 @@ class Readiness:
 
     async def _run(self, name: str, check: ReadyCheck) -> tuple[str, str]:
         try:
-            await asyncio.wait_for(check(), self.timeout)
+            status = await asyncio.wait_for(check(), self.timeout)
         except Exception as exc:  # noqa: BLE001 - any failure means "not ready"; logged, not shown
             log.warning("readiness check failed", extra={"check": name, "error": type(exc).__name__})
             return name, "failed"
-        return name, "ok"
+        return name, status or "ok"
 
     async def endpoint(self, _: Request) -> Response:
         named = [("litellm", self._litellm)] + [(getattr(c, "__name__", f"check{i}"), c)
                                                 for i, c in enumerate(self.checks)]
         results = dict(await asyncio.gather(*(self._run(n, c) for n, c in named)))
-        ready = all(v == "ok" for v in results.values())
+        ready = all(v != "failed" for v in results.values())
         return JSONResponse({"status": "ready" if ready else "unavailable", "checks": results},
                             status_code=200 if ready else 503)
 

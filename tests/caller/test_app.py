@@ -35,7 +35,7 @@ async def http(pool: asyncpg.Pool, catalogue: Catalogue, policy: PolicyConfig, k
     )
     routes = caller_routes(identify=FakeIdentify(TOKENS), ledger=FakeLedger(), directory=PgDirectory(pool),
                            catalogue=catalogue, policy=policy, keybox=keybox, probe=FakeProbe(), created=7)
-    app = create_app(settings, routes=routes)
+    app = create_app(settings, policies=(), routes=routes)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
         yield client
 
