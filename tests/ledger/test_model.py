@@ -85,6 +85,8 @@ def make_machine(env: Env) -> type[RuleBasedStateMachine]:
             self.alloc = {u: [0, 0] for u in USERS}  # posted, pending
             self.limits: dict[str, int | None] = {u: None for u in USERS}
             self.grants: list[list[Any]] = []  # [amount, expires or None, expired]
+            self.suspended = False
+            self.member_suspended = {u: False for u in USERS}
             self.rids = itertools.count(1)
 
             async def setup() -> None:
@@ -145,11 +147,17 @@ def make_machine(env: Env) -> type[RuleBasedStateMachine]:
         def reserve(self, user: str, amount: int, prompt: int, rates: tuple[str, str], reuse: int) -> None:
             known = sorted(set(self.holds) | set(self.voided))
             rid = known[reuse % len(known)] if known and reuse < 3 else f"r{next(self.rids)}"
-            outcome = attempt(env, lambda: env.ledger.reserve(
-                hold(self.org, user, rid, amount, prompt=prompt, in_rate=rates[0], out_rate=rates[1])))
+            request = hold(self.org, user, rid, amount, prompt=prompt, in_rate=rates[0], out_rate=rates[1])
+            outcome = attempt(env, lambda: env.ledger.reserve(request))
+            self._check_reserve(user, rid, amount, prompt, rates, outcome)
+
+        def _check_reserve(self, user: str, rid: str, amount: int, prompt: int, rates: tuple[str, str],
+                           outcome: tuple[str, Any]) -> None:
             limit, (a_posted, a_pending) = self.limits[user], self.alloc[user]
-            if rid in self.holds or rid in self.usage:
-                expected: tuple[str, Any] = ("error", "request_id_in_use")
+            if self.suspended or self.member_suspended[user]:
+                expected: tuple[str, Any] = ("error", "suspended")
+            elif rid in self.holds or rid in self.usage:
+                expected = ("error", "request_id_in_use")
             elif amount > self.available:
                 expected = ("error", "org_pool_exhausted")
             elif limit is not None and limit - a_posted - a_pending < amount:
@@ -177,12 +185,61 @@ def make_machine(env: Env) -> type[RuleBasedStateMachine]:
             late = sorted([r for r, h in self.holds.items() if h.state == "expired"] + list(self.voided))
             self._settle(late[index % len(late)] if late else None, ratio, extra)
 
+        def _charge(self, rid: str, ratio: float, extra: int) -> int:
+            h = self.holds.get(rid) or self.voided[rid][-1]
+            return int(h.amount * ratio) + extra
+
         def _settle(self, rid: str | None, ratio: float, extra: int) -> None:
             if rid is None:
                 return
+            charge = self._charge(rid, ratio, extra)
+            self._check_settle(rid, charge, attempt(env, lambda: env.ledger.settle(self.org, rid, usage(charge))))
+
+        @rule(ops=st.lists(st.tuples(st.booleans(), st.sampled_from(USERS), st.integers(0, 900), st.integers(0, 50),
+                                     st.sampled_from([0, 0.5, 1, 1.5])), min_size=2, max_size=6))
+        def burst(self, ops: list[tuple[bool, str, int, int, float]]) -> None:
+            """Concurrent calls land in one batch: its settles apply first, then its reserves, each in
+            the order they were submitted."""
+            calls: list[Any] = []
+            for is_settle, user, n, prompt, ratio in ops:
+                rid = self._pick(n) if is_settle else f"r{next(self.rids)}"
+                if is_settle and rid is not None:
+                    charge = self._charge(rid, ratio, 0)
+                    calls.append(("settle", rid, charge, env.ledger.settle(self.org, rid, usage(charge))))
+                elif not is_settle:
+                    request = hold(self.org, user, rid, n, prompt=prompt)
+                    calls.append(("reserve", rid, (user, n, prompt), env.ledger.reserve(request)))
+
+            async def together() -> list[Any]:
+                return await asyncio.gather(*(c[3] for c in calls), return_exceptions=True)
+            results = env.run(together)
+            for call, res in zip(calls, results, strict=True):
+                out = ("error", res.code) if isinstance(res, ProxyError) else ("ok", res)
+                if call[0] == "settle":
+                    self._check_settle(call[1], call[2], out)
+            for call, res in zip(calls, results, strict=True):
+                out = ("error", res.code) if isinstance(res, ProxyError) else ("ok", res)
+                if call[0] == "reserve":
+                    user, n, prompt = call[2]
+                    self._check_reserve(user, call[1], n, prompt, ("1", "2"), out)
+            env.saw("burst")
+            if self.suspended and {c[0] for c in calls} == {"settle", "reserve"}:
+                env.saw("burst_mixed_suspended")
+
+        @rule(org=st.booleans(), user=st.sampled_from(USERS), flag=st.booleans())
+        def suspend(self, org: bool, user: str, flag: bool) -> None:
+            if org:
+                env.run(lambda: env.conn.execute("UPDATE creditgate.orgs SET suspended = $2 WHERE id = $1",
+                                                 self.org, flag))
+                self.suspended = flag
+            else:
+                env.run(lambda: env.conn.execute(
+                    "UPDATE creditgate.memberships SET suspended = $3 WHERE org_id = $1 AND user_id = $2",
+                    self.org, user, flag))
+                self.member_suspended[user] = flag
+
+        def _check_settle(self, rid: str, charge: int, outcome: tuple[str, Any]) -> None:
             h = self.holds.get(rid) or self.voided[rid][-1]
-            charge = int(h.amount * ratio) + extra
-            outcome = attempt(env, lambda: env.ledger.settle(self.org, rid, usage(charge)))
             if rid in self.usage and not self.usage[rid][1]:
                 old = self.usage[rid][0]
                 if old == charge:
@@ -305,11 +362,12 @@ def env(fresh_db: str) -> Any:
 
 def test_ledger_matches_model(env: Env) -> None:
     run_state_machine_as_test(make_machine(env), settings=settings(
-        max_examples=100, stateful_step_count=40, deadline=None, derandomize=True,
+        max_examples=150, stateful_step_count=50, deadline=None, derandomize=True, database=None,
         suppress_health_check=list(HealthCheck)))
     # the runs went everywhere that matters (derandomized, so this is stable)
     assert {"held", "request_id_in_use", "org_pool_exhausted", "user_allocation_exhausted", "posted",
-            "late_posted", "correction", "voided", "expired", "grant_forfeit"} <= set(env.seen), env.seen
+            "late_posted", "correction", "voided", "expired", "grant_forfeit", "suspended", "burst",
+            "burst_mixed_suspended"} <= set(env.seen), env.seen
 
 
 def test_model_catches_a_planted_bug(env: Env) -> None:
