@@ -50,6 +50,10 @@ SettleItem = tuple[str, str, Settlement]  # (org_id, request_id, settlement)
 ReserveItem = tuple[HoldRequest, str]  # (request, owner nonce of this reserve call)
 
 
+class IncompleteBatch(RuntimeError):
+    """The batch committed but its answer is incomplete: never re-send its items (a bug in the SQL)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """One item's result from `ledger_batch` (status codes are listed in 0002_ledger.sql)."""
@@ -107,7 +111,7 @@ async def run_batch(pool: asyncpg.Pool, ttl: float, reserves: Sequence[ReserveIt
             sets[s_order[row["idx"] - 1]] = out
     done_r, done_s = [o for o in res if o is not None], [o for o in sets if o is not None]
     if len(done_r) != len(reserves) or len(done_s) != len(settles):
-        raise RuntimeError("ledger_batch returned fewer results than items")
+        raise IncompleteBatch("ledger_batch committed but returned fewer results than items")
     return done_r, done_s
 
 
@@ -167,7 +171,11 @@ class GroupCommitter:
                 else:
                     _fail(item, exc)
             return
-        except Exception as exc:  # noqa: BLE001 - isolate the offending item
+        except IncompleteBatch as exc:
+            for item in batch:
+                _fail(item, exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - it rolled back: isolate the offending item
             if len(batch) == 1:
                 _fail(batch[0], exc)
             else:
