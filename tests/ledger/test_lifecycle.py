@@ -173,3 +173,22 @@ async def test_one_batch_across_orgs_keeps_each_org_apart(ledger: PgLedger, db: 
     assert await pool_state(db, "org_x3") == (1000, 100, 500, 0)
     assert [o.remaining for o in sets] == [10, 400, 750]  # after the whole batch; suspension is not debt
     assert await violations(db) == []
+
+
+async def test_a_reserve_stuck_behind_a_lock_fails_closed(org: PgLedger, db: asyncpg.Connection,
+                                                          ledger_db: str) -> None:
+    """The 2 s statement timeout turns a blocked pool row into 503 ledger_unavailable, nothing held."""
+    blocker = await asyncpg.connect(ledger_db)
+    tx = blocker.transaction()
+    await tx.start()
+    await blocker.execute("SELECT 1 FROM creditgate.pools WHERE org_id = $1 FOR NO KEY UPDATE", ORG)
+    try:
+        with pytest.raises(ProxyError) as exc:
+            await org.reserve(hold(ORG, U1, "stuck", 100))
+        assert (exc.value.status, exc.value.code) == (503, "ledger_unavailable")
+    finally:
+        await tx.rollback()
+        await blocker.close()
+    assert await db.fetchval("SELECT count(*) FROM creditgate.holds WHERE request_id = 'stuck'") == 0
+    await org.reserve(hold(ORG, U1, "stuck", 100))  # the id was never used: it is free
+    assert await pool_state(db, ORG) == (10_000, 0, 100, 0)
