@@ -4,7 +4,7 @@ VENV := .venv
 LLM_VENV := .venv-litellm
 PY := $(VENV)/bin/python
 
-.PHONY: install run test test-fast lint bench bench-gateway bench-ledger chaos clean
+.PHONY: install run test test-fast lint bench bench-gateway bench-full bench-ledger chaos clean
 
 install: $(VENV)/.installed $(LLM_VENV)/.installed .system-ok
 
@@ -36,10 +36,14 @@ lint: install
 	$(VENV)/bin/ruff check proxy policies tests devstack bench
 	$(VENV)/bin/mypy
 
-bench: bench-gateway bench-ledger
+bench: bench-gateway bench-full bench-ledger
 
 bench-gateway: install
 	$(PY) -m bench.gateway
+
+# the same benchmark with the whole product: its own PostgreSQL (fsync on) and Redis, reserve + settle
+bench-full: install
+	$(PY) -m bench.gateway_full
 
 bench-ledger: install
 	$(PY) -m bench.ledger

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +53,18 @@ class Target:
     pid: int | None  # the server whose CPU is measured (None: not measured)
     key: str = "sk-bench-client"
     results: dict[str, Phase] = field(default_factory=dict)
+    side_pids: tuple[int, ...] = ()  # other servers it needs (PostgreSQL, Redis): their CPU is reported apart
+    side_cpu: dict[str, float] = field(default_factory=dict)  # phase -> CPU seconds of side_pids
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySpec:
+    """One gateway process to measure: `plug` is its bench.gateway_servers arguments (--chain/--app)."""
+
+    name: str
+    plug: list[str]
+    key: str
+    side_pids: tuple[int, ...] = ()
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -103,11 +116,14 @@ async def measure(target: Target, seconds: float) -> None:
         ("ns_c1", NONSTREAM, 1), ("ns_c32", NONSTREAM, 32),
         ("s_c1", STREAM, 1), ("s_c32", STREAM, 32), ("slow_c64", SLOW, 64),
     ]
-    await run_phase(target.url, target.key, NONSTREAM, 8, seconds / 3)  # warm-up
+    target.results["warmup"] = await run_phase(target.url, target.key, NONSTREAM, 8, seconds / 3)
     for name, body, concurrency in plan:
         before = tree_cpu_seconds(target.pid) if target.pid else 0.0
+        side_before = sum(tree_cpu_seconds(pid) for pid in target.side_pids)
         phase = await run_phase(target.url, target.key, body, concurrency, seconds)
         phase.cpu_seconds = (tree_cpu_seconds(target.pid) - before) if target.pid else None
+        if target.side_pids:
+            target.side_cpu[name] = sum(tree_cpu_seconds(pid) for pid in target.side_pids) - side_before
         target.results[name] = phase
         print(f"  {target.name:8} {name:9} {phase.summary()}", flush=True)
 
@@ -128,6 +144,11 @@ def report(targets: list[Target]) -> None:
         ns, s = t.results["ns_c32"].cpu_per_request_us(), t.results["s_c32"].cpu_per_request_us()
         rns, rs = ns / bare.results["ns_c32"].cpu_per_request_us(), s / bare.results["s_c32"].cpu_per_request_us()
         print(f"{t.name:10} {ns:8.0f} / {s:8.0f}   x{rns:.2f} / x{rs:.2f}")
+    for t in targets:
+        if t.side_pids:
+            side = [t.side_cpu[p] / len(t.results[p].latencies) * 1e6 for p in ("ns_c32", "s_c32")]
+            print(f"{'':10} + {side[0]:.0f} / {side[1]:.0f} µs in its PostgreSQL and Redis "
+                  f"({t.name}; not counted above)")
     print(f"\n64 concurrent slow streams (20 chunks x 5 ms); ideal {64 / SLOW_IDEAL_SECONDS:.0f} streams/s")
     for t in targets:
         p = t.results["slow_c64"]
@@ -137,24 +158,31 @@ def report(targets: list[Target]) -> None:
               f"{ratio:5.1%} of direct)  p99 {p.quantile('99') * 1000:6.1f} ms  server CPU {cpu}")
 
 
-async def main_async(seconds: float, plug: list[str], skip_litellm: bool, log_level: str, key: str) -> None:
+async def main_async(seconds: float, plug: list[str], skip_litellm: bool, log_level: str, key: str,
+                     gateways: Sequence[GatewaySpec] | None = None) -> list[Target]:
+    """Runs the benchmark and prints the tables; `gateways` (default: one, "gateway", from `plug` and
+    `key`) are the gateway processes measured between the bare passthrough and LiteLLM."""
+    gateways = gateways if gateways is not None else [GatewaySpec("gateway", plug, key)]
     logs = Path(tempfile.mkdtemp(prefix="creditgate-bench-"))
     provider = services.start_fake_provider()
     procs: list[subprocess.Popen[bytes]] = []
     litellm: services.Service | None = None
     try:
-        bare_port, gw_port = services.free_port(), services.free_port()
+        bare_port = services.free_port()
         py = sys.executable
         procs.append(spawn([py, "-m", "bench.gateway_servers", "bare", "--port", str(bare_port),
                             "--upstream", provider.url], logs / "bare.log"))
-        gw_argv = [py, "-m", "bench.gateway_servers", "gateway", "--port", str(gw_port), "--upstream", provider.url,
-                   "--log-level", log_level]
-        procs.append(spawn(gw_argv + plug, logs / "gateway.log"))
         targets = [
             Target("direct", provider.url, provider.proc.pid),
             Target("bare", f"http://127.0.0.1:{bare_port}", procs[0].pid),
-            Target("gateway", f"http://127.0.0.1:{gw_port}", procs[1].pid, key=key),
         ]
+        for gw in gateways:
+            gw_port = services.free_port()
+            gw_argv = [py, "-m", "bench.gateway_servers", "gateway", "--port", str(gw_port), "--upstream",
+                       provider.url, "--log-level", log_level]
+            procs.append(spawn(gw_argv + gw.plug, logs / f"{gw.name}.log"))
+            targets.append(Target(gw.name, f"http://127.0.0.1:{gw_port}", procs[-1].pid, key=gw.key,
+                                  side_pids=gw.side_pids))
         if not skip_litellm:
             litellm = services.start_litellm(services.render_litellm_config(provider.url, logs / "litellm.yaml"))
             targets.append(Target("litellm", litellm.url, litellm.proc.pid, key=services.MASTER_KEY))
@@ -164,6 +192,7 @@ async def main_async(seconds: float, plug: list[str], skip_litellm: bool, log_le
         for t in targets:
             await measure(t, seconds)
         report(targets)
+        return targets
     finally:
         for proc in procs:
             services.Service("bench", proc, 0, "", logs / "x").stop()

@@ -80,7 +80,8 @@ def gateway_app(upstream: str, chain: str | None, log_level: str) -> Any:
         byok_keys=(), litellm_config=ROOT / "litellm_config.yaml", policy_config=ROOT / "policy.yaml",
         log_level=log_level,
     )
-    return create_app(settings, policies=_load(chain)) if chain else create_app(settings)
+    # policies=() is the empty chain: without `policies` create_app builds the whole product (PostgreSQL, Redis)
+    return create_app(settings, policies=_load(chain) if chain else ())
 
 
 def main() -> None:

@@ -1,0 +1,158 @@
+"""The gateway benchmark with the whole product: `python -m bench.gateway_full [--seconds S]`.
+
+bench.gateway's run (direct, bare passthrough, LiteLLM; same fake provider, same load, same tables)
+with two creditgate gateways side by side:
+- `empty`: create_app with the empty chain (the core: body, forward, stream, meter; no money);
+- `full`: create_app as `creditgate serve` builds it (proxy/runtime.py): authenticate the API key
+  (key cache + Redis), resolve the org, power level and model rewrite, BYOK check, reserve and
+  settle in PostgreSQL (group commit), the sweeper running.
+It starts its own PostgreSQL (fsync and synchronous_commit on, as in production) and Redis on
+127.0.0.1, migrates, and seeds one starter-tier org with ample credit, one member and one API key,
+so nothing is refused. The load asks for `fake-small`, priced in the repo's litellm_config.yaml.
+The CPU table counts the gateway process only; the PostgreSQL + Redis CPU the full chain causes is
+printed on its own line. Afterwards it reads the ledger: every answered request must have exactly
+one usage record and a posted hold, and `creditgate verify` must be clean (exit 1 otherwise).
+Everything it starts is stopped at the end; about 2-3 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+
+from bench.gateway import GatewaySpec, Target, main_async
+from devstack import services
+from devstack.stack import gateway_env
+
+CREDIT_MILLICREDITS = 10**12  # a billion credits: a few hundred thousand requests cost far less
+ACTOR = "bench"
+
+
+def full_app(upstream: str) -> Starlette:
+    """The whole product (create_app without `policies`) from the CREDITGATE_* environment that
+    `main` exports, forwarding to `upstream` (the bench's fake provider) instead of LiteLLM."""
+    from proxy.app import create_app
+    from proxy.settings import Settings
+
+    return create_app(dataclasses.replace(Settings.from_env(), upstream_url=upstream.rstrip("/")))
+
+
+@dataclass(frozen=True, slots=True)
+class Seeded:
+    org_id: str
+    user_id: str
+    key: str  # the API key itself: sent by the load, never printed
+
+
+async def seed(dsn: str) -> Seeded:
+    """Migrates `dsn`, then one starter org with CREDIT_MILLICREDITS, one default member without an
+    allocation cap, and one API key bound to that org (through the product's own stores)."""
+    from proxy.directory import PgDirectory
+    from proxy.ledger import PgLedger
+    from proxy.migrate import migrate
+
+    await migrate(dsn)
+    ledger = await PgLedger.connect(dsn, hold_ttl_seconds=120, max_size=2)
+    try:
+        directory = PgDirectory(ledger.db)
+        org = str((await directory.create_org("Bench Org", "starter", ACTOR))["id"])
+        user = str((await directory.create_user("bench@example.com", "Bench Member", ACTOR))["id"])
+        member = {"role": "member", "allocation_millicredits": None, "allocation_period": "none", "default": True}
+        await directory.put_member(org, user, member, ACTOR)
+        await ledger.grant(org, CREDIT_MILLICREDITS, "bench credit", "bench-seed", None, ACTOR)
+        key = str((await directory.create_key(user, org, "bench", ACTOR))["key"])
+    finally:
+        await ledger.close()
+    return Seeded(org, user, key)
+
+
+async def ledger_counts(dsn: str, org_id: str) -> dict[str, int]:
+    """Usage records, holds per state and what was charged, for the org."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        counts = {"usage_records": await conn.fetchval(
+            "SELECT count(*) FROM creditgate.usage_records WHERE org_id = $1", org_id)}
+        counts["charged_millicredits"] = await conn.fetchval(
+            "SELECT coalesce(sum(charged), 0) FROM creditgate.usage_records WHERE org_id = $1", org_id)
+        for state in ("pending", "posted", "voided", "expired"):
+            counts[f"holds_{state}"] = await conn.fetchval(
+                "SELECT count(*) FROM creditgate.holds WHERE org_id = $1 AND state = $2::creditgate.hold_state",
+                org_id, state)
+    finally:
+        await conn.close()
+    return {k: int(v) for k, v in counts.items()}
+
+
+def settlement_report(full: Target, counts: dict[str, int], verify_rc: int) -> bool:
+    """Prints the settlement check; True when every answered request was settled exactly once."""
+    answered = sum(len(p.latencies) for p in full.results.values()) + 1  # + wait_ready's one 200
+    errors = sum(p.errors for p in full.results.values())
+    print(f"\nsettlement (full chain): {answered} requests answered 200 (incl. warm-up and the readiness probe), "
+          f"{errors} errors")
+    print(f"  usage records {counts['usage_records']}, holds posted {counts['holds_posted']} / pending "
+          f"{counts['holds_pending']} / voided {counts['holds_voided']} / expired {counts['holds_expired']}, "
+          f"charged {counts['charged_millicredits']:,} millicredits")
+    ok = (errors == 0 and verify_rc == 0 and counts["usage_records"] == answered == counts["holds_posted"]
+          and counts["holds_pending"] == counts["holds_voided"] == counts["holds_expired"] == 0)
+    print("  every request settled exactly once" if ok else "  SETTLEMENT MISMATCH (see above)")
+    return ok
+
+
+def _pin(cpus: str) -> None:
+    if cpus != "all":
+        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})  # children inherit it
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="creditgate gateway benchmark with the full policy chain")
+    parser.add_argument("--seconds", type=float, default=4.0, help="duration of each measured phase")
+    parser.add_argument("--skip-litellm", action="store_true")
+    parser.add_argument("--gateway-log-level", default="INFO", help="WARNING drops the per-request access line")
+    parser.add_argument("--cpus", default="0", help="CPUs the gateways, servers and load are pinned to, or 'all'")
+    parser.add_argument("--db-cpus", help="CPUs PostgreSQL and Redis are pinned to (default: --cpus)")
+    args = parser.parse_args()
+    from proxy.verify import main_verify
+
+    started = time.monotonic()
+    _pin(args.db_cpus or args.cpus)
+    pg = services.start_postgres(fsync=True)
+    redis: services.Service | None = None
+    try:
+        redis = services.start_redis()
+        _pin(args.cpus)
+        dsn = services.create_database(pg.url, "creditgate_bench")
+        seeded = asyncio.run(seed(dsn))
+        os.environ.update(gateway_env(dsn, redis.url, "http://127.0.0.1:9", extra={
+            "CREDITGATE_LOG_LEVEL": args.gateway_log_level}))  # the upstream is replaced by full_app
+        print(f"bench.gateway_full: PostgreSQL {pg.url.rsplit('@', 1)[1]} (fsync on), Redis, org {seeded.org_id} "
+              f"seeded with {CREDIT_MILLICREDITS:,} millicredits", flush=True)
+        gateways = [
+            GatewaySpec("empty", [], "sk-bench-client"),
+            GatewaySpec("full", ["--app", "bench.gateway_full:full_app"], seeded.key,
+                        side_pids=(pg.proc.pid, redis.proc.pid)),
+        ]
+        targets = asyncio.run(main_async(args.seconds, [], args.skip_litellm, args.gateway_log_level, seeded.key,
+                                         gateways))
+        counts = asyncio.run(ledger_counts(dsn, seeded.org_id))
+        verify_rc = main_verify(dsn)
+        ok = settlement_report(next(t for t in targets if t.name == "full"), counts, verify_rc)
+    finally:
+        if redis is not None:
+            redis.stop()
+        pg.stop()
+    print(f"\nwhole run {time.monotonic() - started:.0f} s; load average {os.getloadavg()[0]:.2f} "
+          f"(1 min) at the end")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
