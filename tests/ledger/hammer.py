@@ -17,31 +17,35 @@ from proxy.sweeper import Sweeper
 from tests.ledger.conftest import hold, usage
 
 ORG = "org_hammer"
+ORG_KILLS = "org_hammer_k"  # admission while backends are being killed
 OTHER_ORGS = ("org_hammer_b", "org_hammer_c", "org_hammer_d")  # batches mix orgs: lock order across pools
 USERS = ("usr_h1", "usr_h2", "usr_h3", "usr_h4")
 
 
-def admission(args: tuple[str, int, int, int, int]) -> dict[str, Any]:
-    """Phase 1: race `attempts` reserves of `amount` (plus duplicates racing across processes)."""
+def admission(args: tuple[str, int, int, int, int, str, str]) -> dict[str, Any]:
+    """Race `attempts` reserves of `amount` on `org` (the same ids from every process: duplicates race
+    across processes). Outcomes: held, refused (402), in_use (409), unknown (503: a killed backend)."""
     return asyncio.run(_admission(*args))
 
 
-async def _admission(dsn: str, proc: int, attempts: int, amount: int, coroutines: int) -> dict[str, Any]:
+async def _admission(dsn: str, proc: int, attempts: int, amount: int, coroutines: int, org: str, prefix: str
+                     ) -> dict[str, Any]:
     ledger = await PgLedger.connect(dsn, hold_ttl_seconds=120, max_size=4)
-    out: dict[str, Any] = {"held": [], "refused": 0, "in_use": 0}
+    out: dict[str, Any] = {"held": [], "refused": 0, "in_use": 0, "unknown": []}
     queue = list(range(attempts))
 
     async def one(i: int) -> None:
-        # ids are shared between processes (every process tries the same ids): duplicates race
-        rid = f"adm-{i}"
+        rid = f"{prefix}-{i}"
         try:
-            await ledger.reserve(hold(ORG, USERS[i % len(USERS)], rid, amount))
+            await ledger.reserve(hold(org, USERS[i % len(USERS)], rid, amount))
             out["held"].append(rid)
         except ProxyError as exc:
             if exc.code == "org_pool_exhausted":
                 out["refused"] += 1
             elif exc.code == "request_id_in_use":
                 out["in_use"] += 1
+            elif exc.code == "ledger_unavailable":
+                out["unknown"].append(rid)  # voided by its owner nonce, best effort
             else:
                 raise
 

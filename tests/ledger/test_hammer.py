@@ -2,6 +2,9 @@
 
 Phase 1 (admission): two processes race 2 x 300 reserves (the same ids from both: duplicates race
 across processes) of 1,000 millicredits on a pool that affords exactly 150: exactly 150 are admitted.
+Phase 1b: the same race on a second such pool while backends are killed every few tens of ms; after a
+calm top-up race, exactly 150 holds are pending: all the admitted ones clients saw, plus only reserves
+whose outcome was unknown to their client (503) and whose owner-nonce void could not get through.
 Phase 2 (chaos, `LEDGER_HAMMER_SECONDS`, default 8 s): the processes settle those holds, then run
 reserve/settle/void cycles with duplicate and racing calls, settles cancelled mid-flight and
 re-driven, abandoned holds left to the sweepers (TTL 1 s), late settles after expiry, spread over
@@ -41,7 +44,7 @@ async def _setup(dsn: str) -> None:
         # allocations oversubscribe the pool on purpose (each member may take half of it)
         await conn.execute("INSERT INTO creditgate.memberships (org_id, user_id, allocation_millicredits) "
                            "VALUES ($1, $2, $3)", hammer.ORG, user, None if i == 0 else AMOUNT * AFFORDABLE // 2)
-    for org in hammer.OTHER_ORGS:
+    for org in (*hammer.OTHER_ORGS, hammer.ORG_KILLS):
         await conn.execute("INSERT INTO creditgate.orgs (id, name, tier) VALUES ($1, 'other', 'starter')", org)
         await conn.executemany("INSERT INTO creditgate.memberships (org_id, user_id) VALUES ($1, $2)",
                                [(org, user) for user in hammer.USERS])
@@ -50,18 +53,21 @@ async def _setup(dsn: str) -> None:
     await ledger.grant(hammer.ORG, AMOUNT * AFFORDABLE, "seed", "seed", None, "operator")
     for org in hammer.OTHER_ORGS:
         await ledger.grant(org, 10_000_000, "seed", "seed", None, "operator")
+    await ledger.grant(hammer.ORG_KILLS, AMOUNT * AFFORDABLE, "seed", "seed", None, "operator")
     await ledger.close()
 
 
-def _killer(dsn: str, stop: threading.Event, kills: list[int]) -> None:
+def _killer(dsn: str, stop: threading.Event, kills: list[int], pause: tuple[float, float] = (0.05, 0.3),
+            share: float = 0.1) -> None:
+    """Until `stop`: every `pause` seconds terminate each ledger backend with probability `share`."""
     async def run() -> None:
         conn = await asyncpg.connect(dsn)
         rng = random.Random(SEED)
         while not stop.is_set():
-            await asyncio.sleep(rng.uniform(0.05, 0.3))
+            await asyncio.sleep(rng.uniform(*pause))
             n = await conn.fetchval("""SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
                                         WHERE datname = current_database() AND application_name = 'creditgate-ledger'
-                                          AND pid <> pg_backend_pid() AND random() < 0.1""")
+                                          AND pid <> pg_backend_pid() AND random() < $1""", share)
             kills.append(int(n))
         await conn.close()
     asyncio.run(run())
@@ -91,14 +97,58 @@ async def _final_state(dsn: str) -> dict[str, Any]:
         await ledger.close()
 
 
+def _admission_under_kills(ctx: Any, dsn: str) -> None:
+    """Phase 1b: the same race on a second pool of 150 holds while backends die. Reserves whose outcome
+    is unknown are voided by their owner nonce; a top-up race without kills then takes whatever that
+    freed. Exactly 150 holds are pending at the end: every one a client saw, plus unknown ones whose
+    void did not get through (their clients were told 503), never more, never fewer."""
+    stop, kills = threading.Event(), []
+    killer = threading.Thread(target=_killer, args=(dsn, stop, kills, (0.01, 0.05), 0.3))
+    killer.start()
+    try:
+        with ctx.Pool(2) as procs:
+            racy = procs.map(hammer.admission, [(dsn, p, 4 * ATTEMPTS, AMOUNT, 32, hammer.ORG_KILLS, "kill")
+                                                for p in range(2)])
+    finally:
+        stop.set()
+        killer.join()
+    with ctx.Pool(2) as procs:
+        calm = procs.map(hammer.admission, [(dsn, p, ATTEMPTS, AMOUNT, 32, hammer.ORG_KILLS, "calm")
+                                            for p in range(2)])
+
+    async def pending() -> tuple[set[str], tuple[Any, ...]]:
+        conn = await asyncpg.connect(dsn)
+        rids = {r["request_id"] for r in await conn.fetch(
+            "SELECT request_id FROM creditgate.holds WHERE org_id = $1 AND state = 'pending'", hammer.ORG_KILLS)}
+        pool = tuple(await conn.fetchrow("SELECT granted, pending FROM creditgate.pools WHERE org_id = $1",
+                                         hammer.ORG_KILLS))
+        await conn.close()
+        ledger = await PgLedger.connect(dsn, hold_ttl_seconds=60)
+        for rid in rids:  # release them so the chaos phase ends with nothing pending
+            await ledger.void(hammer.ORG_KILLS, rid)
+        await ledger.close()
+        return rids, pool
+    held_rids, pool = asyncio.run(pending())
+    seen = {rid for r in racy + calm for rid in r["held"]}
+    unknown = {rid for r in racy + calm for rid in r["unknown"]}
+    assert len(held_rids) == AFFORDABLE and pool == (AMOUNT * AFFORDABLE, AMOUNT * AFFORDABLE)
+    assert seen <= held_rids and held_rids - seen <= unknown
+    assert sum(kills) > 0
+    print(f"admission under kills: {sum(kills)} backends killed, {len(unknown)} reserves with unknown outcome, "
+          f"{len(held_rids - seen)} of them still held")
+
+
 def test_hammer(fresh_db: str) -> None:
     asyncio.run(_setup(fresh_db))
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(2) as procs:
-        phase1 = procs.map(hammer.admission, [(fresh_db, p, ATTEMPTS, AMOUNT, 32) for p in range(2)])
+        phase1 = procs.map(hammer.admission, [(fresh_db, p, ATTEMPTS, AMOUNT, 32, hammer.ORG, "adm")
+                                              for p in range(2)])
     held = [rid for r in phase1 for rid in r["held"]]
     assert len(held) == AFFORDABLE and len(set(held)) == AFFORDABLE
     assert sum(r["refused"] + r["in_use"] for r in phase1) == 2 * ATTEMPTS - AFFORDABLE
+
+    _admission_under_kills(ctx, fresh_db)
 
     async def grant_more() -> None:
         ledger = await PgLedger.connect(fresh_db, hold_ttl_seconds=60)
@@ -120,7 +170,7 @@ def test_hammer(fresh_db: str) -> None:
     assert final["violations"] == []
     assert final["pending"] == 0
     assert final["deadlocks"] == 0
-    assert len(final["pools"]) == 1 + len(hammer.OTHER_ORGS)
+    assert len(final["pools"]) == 2 + len(hammer.OTHER_ORGS)
     for granted, posted, pending, _overage in final["pools"]:
         assert posted + pending <= granted and pending == 0
     settled = {rid: c for log in logs for rid, c in log["settled"].items()}
