@@ -77,7 +77,7 @@ def test_member_with_allocation_calls_and_is_charged_with_attribution(gateway: G
     assert credits["allocation"]["used"] == charge
     assert int(raw.headers["x-credits-remaining"]) == 50_000_000 - charge
     usage_by_user = gateway.admin.get(f"/admin/orgs/{member.org_id}/usage?group_by=user")["data"]
-    assert [(row["user_id"], row["charged_millicredits"]) for row in usage_by_user] == [(member.user_id, charge)]
+    assert [(row["user"], row["charged_millicredits"]) for row in usage_by_user] == [(member.user_id, charge)]
 
 
 def test_member_without_credit_gets_402_and_nothing_is_charged(gateway: Gateway) -> None:
