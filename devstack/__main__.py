@@ -69,6 +69,7 @@ def run() -> int:
                              credits=1_000_000, admin=stack.env["CREDITGATE_ADMIN_TOKEN"],
                              logs=stack.gateway.log.parent, **demo), flush=True)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background
         while all(svc.alive() for svc in stack.services):
             time.sleep(0.5)
         dead = [svc.name for svc in stack.services if not svc.alive()]

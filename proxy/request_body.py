@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from starlette.types import Receive, Scope
 
-from proxy.context import RequestContext
+from proxy.context import RequestContext, Usage
 from proxy.errors import ProxyError
 from proxy.sse import strip_cost, usage_from
 
@@ -113,14 +113,45 @@ def observe_answer(ctx: RequestContext, raw: bytes) -> bytes:
         raise ProxyError.upstream_failed("The model service returned an unreadable answer.")
     usage = answer.get("usage")
     ctx.usage = usage_from(usage)
+    if ctx.usage == Usage(0, 0) and ctx.route != "images/generations":
+        # LiteLLM 1.106.2 answers usage {0, 0, 0} when the provider sent none (measured through the real
+        # LiteLLM: tests/e2e/test_billing.py); no prompt is zero tokens, so that is no count at all
+        ctx.usage = None
     if ctx.route == "images/generations" and isinstance(answer.get("data"), list):
         ctx.image_count = len(answer["data"])
-    changed = False
+    elif ctx.usage is None:
+        _meter_answer(ctx, answer)  # a provider that sent no usage is still charged for what it answered
+    changed = _strip_internals(answer)
     if isinstance(usage, dict) and any("cost" in k for k in usage):
         answer["usage"] = strip_cost(usage)
         changed = True
-    for key in ("response_cost", "_hidden_params"):
-        if key in answer:
-            del answer[key]
-            changed = True
     return orjson.dumps(answer) if changed else raw
+
+
+def _strip_internals(answer: dict[str, Any]) -> bool:
+    """Drop what only LiteLLM adds (cost fields, its `provider_specific_fields`): the client must not
+    learn what runs behind the gateway. True when something was removed."""
+    changed = False
+    for key in ("response_cost", "_hidden_params", "provider_specific_fields"):
+        changed |= answer.pop(key, _MISSING) is not _MISSING
+    choices = answer.get("choices")
+    for choice in choices if isinstance(choices, list) else ():
+        if isinstance(choice, dict):
+            changed |= choice.pop("provider_specific_fields", _MISSING) is not _MISSING
+            message = choice.get("message")
+            if isinstance(message, dict):
+                changed |= message.pop("provider_specific_fields", _MISSING) is not _MISSING
+    return changed
+
+
+_MISSING = object()
+
+
+def _meter_answer(ctx: RequestContext, answer: dict[str, Any]) -> None:
+    choices = answer.get("choices")
+    for choice in choices if isinstance(choices, list) else ():
+        if isinstance(choice, dict):
+            message = choice.get("message")
+            text = message.get("content") if isinstance(message, dict) else choice.get("text")
+            if isinstance(text, str):
+                ctx.meter.feed(text)

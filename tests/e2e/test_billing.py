@@ -170,3 +170,19 @@ def _call(member: Member, rid: str, level: str, stream: bool) -> tuple[int, int,
     final = chunks[-1]
     assert final.choices == [] and final.usage is not None
     return final.usage.prompt_tokens, final.usage.completion_tokens, None
+
+
+def test_an_answer_without_usage_is_charged_from_what_was_answered(gateway: Gateway) -> None:
+    """The provider sends no usage and LiteLLM answers usage {0, 0, 0}: the gateway charges the prompt it
+    counted plus the answer's text, recorded as an estimate, never zero for served tokens."""
+    member = make_member(gateway, tier="professional")
+    raw = member.client().chat.completions.with_raw_response.create(
+        model="fake-small", messages=[{"role": "user", "content": "no usage please"}],
+        extra_headers={"X-Request-Id": "nousage-1"}, extra_body={"fake_no_usage": True, "fake_chunks": 12})
+    assert "provider_specific_fields" not in raw.http_response.text
+    record = settled(member, "nousage-1")
+    assert record["usage_source"] == "estimate"
+    assert record["prompt_tokens"] > 0 and record["completion_tokens"] >= 12
+    charge = expected_charge("fake-small", "professional", Decimal("0.1"), record["prompt_tokens"],
+                             record["completion_tokens"])
+    assert int(raw.headers["x-credits-charged"]) == record["charged_millicredits"] == charge > 0
