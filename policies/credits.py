@@ -275,6 +275,9 @@ class _Settle:
         # a 200 whose answer had no usage was still served (a non-stream answer is settled before it
         # is sent, so response_started is not set yet); a stream that broke was served up to the break
         answered = ctx.upstream_status is not None and ctx.failure in (None, "client_disconnected")
+        # a non-stream client that left before the answer arrived within the drain bound: LiteLLM runs the
+        # call to completion anyway (research/litellm.md §0.4), so at least the prompt was spent
+        answered |= not ctx.stream and ctx.failure == "client_disconnected"
         if ctx.meter.chunks > 0 or ctx.response_started or answered:
             if images:  # served, count unknown: what was asked for
                 return self._settlement(ESTIMATE, ctx.prompt_tokens, 0, _count(ctx.body, "n"))

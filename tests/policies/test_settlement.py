@@ -237,3 +237,22 @@ async def test_images_served_without_a_count_are_charged_as_asked(
     await run(credits, ctx, no_count)
     settlement = ledger.settled[0][2]
     assert (settlement.usage_source, settlement.charge, settlement.list_price) == ("estimate", 128_000, 80_000)
+
+
+async def test_non_stream_client_gone_past_the_drain_bound_is_charged_the_prompt(
+    credits: ReserveCredits, ledger: FakeLedger, policy: PolicyConfig, catalogue: Catalogue
+) -> None:
+    """The client left and LiteLLM's answer did not come within the drain bound: LiteLLM still runs the
+    call to completion, so the request settles as an estimate of its prompt, never as a free void."""
+    ctx = await chat(policy, catalogue)
+
+    async def gone(ctx: RequestContext) -> None:
+        ctx.failure = "client_disconnected"  # upstream_status never arrived
+        raise ProxyError.upstream_timeout()
+
+    with pytest.raises(ProxyError):
+        await run(credits, ctx, gone)
+    settlement = ledger.settled[0][2]
+    assert (settlement.usage_source, settlement.prompt_tokens, settlement.completion_tokens, ledger.voided) == (
+        "estimate", ctx.prompt_tokens, 0, [])
+    assert settlement.charge == expected(PRICES["fake-medium"], ctx.prompt_tokens, 0, "starter", "balanced")
