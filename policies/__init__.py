@@ -1,16 +1,23 @@
 """The policy chain, in order, as one literal (the passthrough runs `await policy(ctx)` for each).
 
-Authenticate -> ResolveOrg -> RewriteModel -> InjectProviderKey -> ReserveCredits: the money is
-reserved last, once the org, the model, its multiplier and who pays the provider are all known.
+Authenticate -> ResolveOrg -> RateLimit -> RewriteModel -> InjectProviderKey -> ReserveCredits: the
+rate limit needs the member and tier (ResolveOrg) and runs before any money moves, so a refused request
+holds nothing; the money is reserved last, once the org, the model, its multiplier and who pays the
+provider are all known.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+
+from redis.asyncio import Redis
 
 from policies.auth import Authenticate, KeyLookup
 from policies.byok import InjectProviderKey
 from policies.credits import Record, ReserveCredits
 from policies.model import RewriteModel
 from policies.org import ResolveOrg
+from policies.ratelimit import RateLimit
 from proxy.context import Directory, Ledger, Policy
 from proxy.crypto import KeyBox
 from proxy.policy_config import PolicyConfig
@@ -20,6 +27,7 @@ from proxy.tokens import TokenCounter
 __all__ = [
     "Authenticate",
     "InjectProviderKey",
+    "RateLimit",
     "ReserveCredits",
     "ResolveOrg",
     "RewriteModel",
@@ -37,12 +45,17 @@ def default_policies(
     keybox: KeyBox,
     counter: TokenCounter,
     record: Record | None = None,
+    redis: Redis | None = None,
+    unenforced: Callable[[str], None] | None = None,
 ) -> tuple[Policy, ...]:
     """The chain. `keys` is a `proxy.keycache.KeyCache`; `record(outcome, settlement)` counts
-    settlements for the metrics (see policies.credits.Record)."""
+    settlements for the metrics (see policies.credits.Record). `redis` (short socket timeouts, no
+    retries) keeps the tiers' rate limits; without it there is no RateLimit in the chain.
+    `unenforced(reason)` counts requests let through because Redis did not answer."""
     return (
         Authenticate(keys),
         ResolveOrg(directory),
+        *((RateLimit(policy, redis, unenforced=unenforced),) if redis is not None else ()),
         RewriteModel(policy, catalogue),
         InjectProviderKey(directory, catalogue, keybox),
         ReserveCredits(ledger, policy, catalogue, counter, record=record),

@@ -69,6 +69,9 @@ class Metrics:
         self._routes: dict[str, tuple[Histogram, Histogram, Histogram]] = {}
         self.upstream_errors = Counter("creditgate_upstream_errors", "Upstream failures by error code.",
                                        ["code"], registry=r)
+        self.ratelimit_unenforced = Counter(
+            "creditgate_ratelimit_unenforced", "Requests let through unchecked because Redis did not answer "
+            "in time, by reason (timeout|unavailable).", ["reason"], registry=r)
 
     def model(self, name: str | None) -> str:
         """The bounded label for a model name: itself when configured, else "other"."""
@@ -112,6 +115,10 @@ class Metrics:
 
     def upstream_error(self, code: str | None) -> None:
         self.upstream_errors.labels(code or "unknown").inc()
+
+    def ratelimit_skipped(self, reason: str) -> None:
+        """The `unenforced` hook of policies.ratelimit.RateLimit."""
+        self.ratelimit_unenforced.labels(reason if reason in ("timeout", "unavailable") else "other").inc()
 
     def set_holds_open(self, count: int) -> None:
         self.holds_open.set(count)

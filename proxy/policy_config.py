@@ -68,6 +68,8 @@ class Tier:
     name: str
     markup: Decimal
     models: tuple[str, ...]  # names, or "*" for every model
+    rpm: int | None = None  # requests per minute per member (org, user); None = unlimited
+    tpm: int | None = None  # tokens per minute per member; None = unlimited
 
     def allows(self, model: str) -> bool:
         return "*" in self.models or model in self.models
@@ -135,6 +137,17 @@ def _number(raw: Mapping[str, Any], key: str, where: str, problems: list[str], *
     return value
 
 
+def _optional_count(raw: Mapping[str, Any], key: str, where: str, problems: list[str]) -> int | None:
+    """An optional positive integer (a rate limit); absent or null means unlimited."""
+    value = raw.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        problems.append(f"{where}{key} must be a positive integer (omit it for no limit), got {value!r}")
+        return None
+    return value
+
+
 def _names(raw: Mapping[str, Any], where: str, problems: list[str]) -> tuple[str, ...]:
     models = raw.get("models")
     if not isinstance(models, list) or not models or not all(isinstance(m, str) and m for m in models):
@@ -178,7 +191,8 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> PolicyConfig | None:
             problems.append(f"tiers.{name} must be a mapping")
             continue
         markup = _number(spec, "markup", where, problems, minimum=Decimal(0))
-        tiers.append(Tier(str(name), markup, _names(spec, where, problems)))
+        rpm, tpm = (_optional_count(spec, key, where, problems) for key in ("rpm", "tpm"))
+        tiers.append(Tier(str(name), markup, _names(spec, where, problems), rpm, tpm))
     default = raw.get("default_power_level")
     if not any(lv.name == default for lv in levels):
         problems.append(f"default_power_level must name one of power_levels, got {default!r}")

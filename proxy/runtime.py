@@ -1,6 +1,6 @@
 """What the full gateway holds open while it runs, built in the app's lifespan and closed after it.
 
-PostgreSQL (the ledger and the directory), Redis (key revocations), the sweeper, the policy chain and
+PostgreSQL (the ledger and the directory), Redis (key revocations, rate limits), the sweeper, the policy chain and
 the routes that need them. Static configuration (the policy file, the model catalogue) is loaded
 before, at start-up, so a mistake stops the process with one line per problem.
 """
@@ -23,6 +23,7 @@ from policies import default_policies
 from policies.auth import Authenticate
 from policies.credits import count_charges
 from policies.org import ResolveOrg
+from policies.ratelimit import redis_client as rate_limit_redis
 from proxy.admin import admin_routes
 from proxy.caller import caller_routes
 from proxy.caller_common import identify_with
@@ -42,6 +43,7 @@ from proxy.tokens import TokenCounter
 from proxy.upstream import Upstream
 
 log = logging.getLogger("creditgate.runtime")
+RATE_LIMIT_TIMEOUT = 0.1  # seconds
 
 
 @dataclass
@@ -51,6 +53,7 @@ class Runtime:
     keys: KeyCache
     sweeper: Sweeper
     redis: aioredis.Redis
+    limits: aioredis.Redis  # the rate limits' client: short timeouts, no retries
     policies: tuple[Policy, ...]
     routes: list[BaseRoute]
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -63,6 +66,7 @@ class Runtime:
         await self.sweeper.stop()
         await self.keys.stop()
         await self.redis.aclose()
+        await self.limits.aclose()
         await self.ledger.close()
 
 
@@ -124,8 +128,11 @@ async def open_runtime(settings: Settings, policy: PolicyConfig, catalogue: Cata
     keybox = KeyBox(settings.byok_keys)
     counter = TokenCounter()
     await asyncio.to_thread(counter.warm)  # load the encoding now, not on the first request
+    # a slow or absent Redis delays a request by ~100 ms at most before its rate limit is skipped
+    limits = rate_limit_redis(settings.redis_url.reveal(), timeout=RATE_LIMIT_TIMEOUT)
     chain = default_policies(keys=keys, directory=directory, ledger=ledger, policy=policy, catalogue=catalogue,
-                             keybox=keybox, counter=counter, record=count_charges(metrics.charged))
+                             keybox=keybox, counter=counter, record=count_charges(metrics.charged),
+                             redis=limits, unenforced=metrics.ratelimit_skipped)
     routes = [
         *caller_routes(identify=identify_with((Authenticate(keys), ResolveOrg(directory))), ledger=ledger,
                        directory=directory, catalogue=catalogue, policy=policy, keybox=keybox,
@@ -139,7 +146,7 @@ async def open_runtime(settings: Settings, policy: PolicyConfig, catalogue: Cata
     sweeper = Sweeper(ledger, float(policy.sweep_interval_seconds), on_expired=metrics.hold_expired)
     sweeper.start()
     redis = aioredis.from_url(settings.redis_url.reveal(), socket_timeout=1, socket_connect_timeout=1)
-    runtime = Runtime(ledger, directory, keys, sweeper, redis, chain, routes)
+    runtime = Runtime(ledger, directory, keys, sweeper, redis, limits, chain, routes)
     runtime.tasks.append(asyncio.get_running_loop().create_task(
         _count_open_holds(ledger, metrics, float(policy.sweep_interval_seconds)), name="creditgate-holds-gauge"))
     return runtime
