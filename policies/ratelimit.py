@@ -101,6 +101,7 @@ class RateLimit:
         self._prefix = prefix
         self._last_log = float("-inf")
         self._skipped = 0  # unenforced since the last warning
+        self._degraded = False  # the last admission could not ask Redis
 
     async def __call__(self, ctx: RequestContext) -> None:
         member = ctx.require_membership()
@@ -114,6 +115,9 @@ class RateLimit:
         except _UNAVAILABLE as exc:
             self._skip(exc)
             return
+        if self._degraded:
+            self._degraded = False
+            log.warning("rate limits enforced again: Redis answers")
         waits: list[int] = []
         if tier.rpm is not None and requests > tier.rpm:
             waits.append(requests_ttl)
@@ -146,9 +150,11 @@ class RateLimit:
         if self._unenforced is not None:
             self._unenforced(reason)
         self._skipped += 1
+        self._degraded = True
         now = time.monotonic()
         if now - self._last_log >= self._log_every:
-            log.warning("rate limits not enforced: Redis %s (%s); %d request(s) since the last warning",
+            log.warning("rate limits not enforced: Redis %s (%s); %d request(s) let through unchecked since the "
+                        "last warning",
                         reason, type(exc).__name__, self._skipped)
             self._last_log, self._skipped = now, 0
 

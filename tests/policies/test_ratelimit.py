@@ -198,8 +198,33 @@ async def test_redis_down_lets_requests_through_counted_and_logged_once(
         await client.aclose()
     assert seen == ["unavailable"] * 7  # each admission once (an unchecked request's tokens are not counted)
     assert [r.getMessage() for r in caplog.records] == [
-        "rate limits not enforced: Redis unavailable (ConnectionError); 1 request(s) since the last warning"]
+        "rate limits not enforced: Redis unavailable (ConnectionError); 1 request(s) let through unchecked "
+        "since the last warning"]
     assert elapsed < 5.0  # refused connections fail at once (wide margin for a loaded machine)
+
+
+async def test_limits_come_back_with_a_restarted_redis(caplog: pytest.LogCaptureFixture) -> None:
+    """A new Redis knows neither the counters nor the script (EVALSHA's NOSCRIPT is reloaded)."""
+    redis = services.start_redis()
+    client = redis_client(redis.url)
+    seen = Unenforced()
+    limit = RateLimit(parse_policy(POLICY), client, unenforced=seen)
+    try:
+        assert [await admit(limit, "limited") for _ in range(2)] == [None, None]
+        redis.stop()
+        with caplog.at_level(logging.WARNING, logger="creditgate.ratelimit"):
+            assert [await admit(limit, "limited") for _ in range(3)] == [None] * 3
+            assert seen == ["unavailable"] * 3
+            redis = services.start_redis(port=redis.port)
+            assert [await admit(limit, "limited") for _ in range(3)] == [None] * 3  # a new window
+            refused = await admit(limit, "limited")
+        assert refused is not None and refused.code == "rate_limited"
+        assert seen == ["unavailable"] * 3
+        assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+            "rate limits not enforced", "rate limits enforced again"]
+    finally:
+        await client.aclose()
+        redis.stop()
 
 
 @pytest.fixture
