@@ -13,6 +13,10 @@ The CPU table counts the gateway process only; the PostgreSQL + Redis CPU the fu
 printed on its own line. Afterwards it reads the ledger: every answered request must have exactly
 one usage record and a posted hold, and `creditgate verify` must be clean (exit 1 otherwise).
 Everything it starts is stopped at the end; about 2-3 minutes.
+
+`--breakdown` adds three gateways that run a prefix of the same chain (each in its own process, with
+the same PostgreSQL and Redis): `auth` (Authenticate), `+org` (+ ResolveOrg), `nocredit` (all but
+ReserveCredits, i.e. + RewriteModel and InjectProviderKey): what each step costs. About a minute more.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.applications import Starlette
 
@@ -42,6 +47,32 @@ def full_app(upstream: str) -> Starlette:
     from proxy.settings import Settings
 
     return create_app(dataclasses.replace(Settings.from_env(), upstream_url=upstream.rstrip("/")))
+
+
+def _prefix_app(upstream: str, keep: int) -> Starlette:
+    """The whole product, but running only the first `keep` policies of its chain (bench only: this
+    replaces Product.policies in this gateway's own process; nothing is reserved past the prefix)."""
+    from proxy.runtime import Product
+
+    whole = Product.policies
+
+    def policies(self: Product, state: Any) -> tuple[Any, ...]:
+        return whole(self, state)[:keep]
+
+    setattr(Product, "policies", policies)  # noqa: B010 - a method replaced for this process only
+    return full_app(upstream)
+
+
+def auth_app(upstream: str) -> Starlette:
+    return _prefix_app(upstream, 1)
+
+
+def org_app(upstream: str) -> Starlette:
+    return _prefix_app(upstream, 2)
+
+
+def nocredit_app(upstream: str) -> Starlette:
+    return _prefix_app(upstream, 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +150,7 @@ def main() -> None:
     parser.add_argument("--gateway-log-level", default="INFO", help="WARNING drops the per-request access line")
     parser.add_argument("--cpus", default="0", help="CPUs the gateways, servers and load are pinned to, or 'all'")
     parser.add_argument("--db-cpus", help="CPUs PostgreSQL and Redis are pinned to (default: --cpus)")
+    parser.add_argument("--breakdown", action="store_true", help="also measure prefixes of the chain")
     args = parser.parse_args()
     from proxy.verify import main_verify
 
@@ -135,10 +167,12 @@ def main() -> None:
             "CREDITGATE_LOG_LEVEL": args.gateway_log_level}))  # the upstream is replaced by full_app
         print(f"bench.gateway_full: PostgreSQL {pg.url.rsplit('@', 1)[1]} (fsync on), Redis, org {seeded.org_id} "
               f"seeded with {CREDIT_MILLICREDITS:,} millicredits", flush=True)
+        side = (pg.proc.pid, redis.proc.pid)
+        prefixes = [("auth", "auth_app"), ("+org", "org_app"), ("nocredit", "nocredit_app")] if args.breakdown else []
         gateways = [
             GatewaySpec("empty", [], "sk-bench-client"),
-            GatewaySpec("full", ["--app", "bench.gateway_full:full_app"], seeded.key,
-                        side_pids=(pg.proc.pid, redis.proc.pid)),
+            *(GatewaySpec(name, ["--app", f"bench.gateway_full:{fn}"], seeded.key, side) for name, fn in prefixes),
+            GatewaySpec("full", ["--app", "bench.gateway_full:full_app"], seeded.key, side),
         ]
         targets = asyncio.run(main_async(args.seconds, [], args.skip_litellm, args.gateway_log_level, seeded.key,
                                          gateways))
