@@ -16,7 +16,10 @@ Everything it starts is stopped at the end; about 2-3 minutes.
 
 `--breakdown` adds three gateways that run a prefix of the same chain (each in its own process, with
 the same PostgreSQL and Redis): `auth` (Authenticate), `+org` (+ ResolveOrg), `nocredit` (all but
-ReserveCredits, i.e. + RewriteModel and InjectProviderKey): what each step costs. About a minute more.
+ReserveCredits: + RateLimit, RewriteModel and InjectProviderKey): what each step costs. About a
+minute more. The starter tier has no rate limits, so RateLimit returns at once; `--rate-limits` runs
+the gateways with a copy of policy.yaml whose starter tier has limits never reached, to include its
+Redis round trips.
 """
 
 from __future__ import annotations
@@ -25,9 +28,12 @@ import argparse
 import asyncio
 import dataclasses
 import os
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -49,30 +55,43 @@ def full_app(upstream: str) -> Starlette:
     return create_app(dataclasses.replace(Settings.from_env(), upstream_url=upstream.rstrip("/")))
 
 
-def _prefix_app(upstream: str, keep: int) -> Starlette:
-    """The whole product, but running only the first `keep` policies of its chain (bench only: this
-    replaces Product.policies in this gateway's own process; nothing is reserved past the prefix)."""
+def _prefix_app(upstream: str, stop: str, *, inclusive: bool) -> Starlette:
+    """The whole product, but its chain cut at the policy class named `stop` (kept if `inclusive`).
+    Bench only: this replaces Product.policies in this gateway's own process."""
     from proxy.runtime import Product
 
     whole = Product.policies
 
     def policies(self: Product, state: Any) -> tuple[Any, ...]:
-        return whole(self, state)[:keep]
+        chain = whole(self, state)
+        names = [type(p).__name__ for p in chain]
+        return chain[:names.index(stop) + inclusive]  # ValueError (the gateway does not start): renamed
 
     setattr(Product, "policies", policies)  # noqa: B010 - a method replaced for this process only
     return full_app(upstream)
 
 
 def auth_app(upstream: str) -> Starlette:
-    return _prefix_app(upstream, 1)
+    return _prefix_app(upstream, "Authenticate", inclusive=True)
 
 
 def org_app(upstream: str) -> Starlette:
-    return _prefix_app(upstream, 2)
+    return _prefix_app(upstream, "ResolveOrg", inclusive=True)
 
 
 def nocredit_app(upstream: str) -> Starlette:
-    return _prefix_app(upstream, 4)
+    return _prefix_app(upstream, "ReserveCredits", inclusive=False)
+
+
+def rate_limited_policy(source: Path, target: Path, tier: str) -> Path:
+    """A copy of the policy file whose `tier` has rpm/tpm limits the bench never reaches, so
+    RateLimit does its Redis round trips on every request."""
+    import yaml
+
+    raw = yaml.safe_load(source.read_text())
+    raw["tiers"][tier].update({"rpm": 10**9, "tpm": 10**15})
+    target.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return target
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +157,16 @@ def settlement_report(full: Target, counts: dict[str, int], verify_rc: int) -> b
     return ok
 
 
+def gateway_specs(key: str, side_pids: tuple[int, ...], *, breakdown: bool) -> list[GatewaySpec]:
+    """empty chain, [the chain's prefixes,] the full product; the latter measured with PostgreSQL and Redis."""
+    prefixes = [("auth", "auth_app"), ("+org", "org_app"), ("nocredit", "nocredit_app")] if breakdown else []
+    return [
+        GatewaySpec("empty", [], "sk-bench-client"),
+        *(GatewaySpec(name, ["--app", f"bench.gateway_full:{fn}"], key, side_pids) for name, fn in prefixes),
+        GatewaySpec("full", ["--app", "bench.gateway_full:full_app"], key, side_pids),
+    ]
+
+
 def _pin(cpus: str) -> None:
     if cpus != "all":
         os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})  # children inherit it
@@ -151,6 +180,7 @@ def main() -> None:
     parser.add_argument("--cpus", default="0", help="CPUs the gateways, servers and load are pinned to, or 'all'")
     parser.add_argument("--db-cpus", help="CPUs PostgreSQL and Redis are pinned to (default: --cpus)")
     parser.add_argument("--breakdown", action="store_true", help="also measure prefixes of the chain")
+    parser.add_argument("--rate-limits", action="store_true", help="give the starter tier (unreached) rate limits")
     args = parser.parse_args()
     from proxy.verify import main_verify
 
@@ -158,22 +188,20 @@ def main() -> None:
     _pin(args.db_cpus or args.cpus)
     pg = services.start_postgres(fsync=True)
     redis: services.Service | None = None
+    workdir = Path(tempfile.mkdtemp(prefix="creditgate-bench-full-"))
     try:
         redis = services.start_redis()
         _pin(args.cpus)
         dsn = services.create_database(pg.url, "creditgate_bench")
         seeded = asyncio.run(seed(dsn))
-        os.environ.update(gateway_env(dsn, redis.url, "http://127.0.0.1:9", extra={
+        policy = None
+        if args.rate_limits:
+            policy = rate_limited_policy(services.ROOT / "policy.yaml", workdir / "policy.yaml", "starter")
+        os.environ.update(gateway_env(dsn, redis.url, "http://127.0.0.1:9", policy=policy, extra={
             "CREDITGATE_LOG_LEVEL": args.gateway_log_level}))  # the upstream is replaced by full_app
         print(f"bench.gateway_full: PostgreSQL {pg.url.rsplit('@', 1)[1]} (fsync on), Redis, org {seeded.org_id} "
               f"seeded with {CREDIT_MILLICREDITS:,} millicredits", flush=True)
-        side = (pg.proc.pid, redis.proc.pid)
-        prefixes = [("auth", "auth_app"), ("+org", "org_app"), ("nocredit", "nocredit_app")] if args.breakdown else []
-        gateways = [
-            GatewaySpec("empty", [], "sk-bench-client"),
-            *(GatewaySpec(name, ["--app", f"bench.gateway_full:{fn}"], seeded.key, side) for name, fn in prefixes),
-            GatewaySpec("full", ["--app", "bench.gateway_full:full_app"], seeded.key, side),
-        ]
+        gateways = gateway_specs(seeded.key, (pg.proc.pid, redis.proc.pid), breakdown=args.breakdown)
         targets = asyncio.run(main_async(args.seconds, [], args.skip_litellm, args.gateway_log_level, seeded.key,
                                          gateways))
         counts = asyncio.run(ledger_counts(dsn, seeded.org_id))
@@ -183,6 +211,7 @@ def main() -> None:
         if redis is not None:
             redis.stop()
         pg.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
     print(f"\nwhole run {time.monotonic() - started:.0f} s; load average {os.getloadavg()[0]:.2f} "
           f"(1 min) at the end")
     sys.exit(0 if ok else 1)
