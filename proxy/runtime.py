@@ -33,6 +33,7 @@ from proxy.crypto import KeyBox
 from proxy.directory import PgDirectory
 from proxy.keycache import KeyCache
 from proxy.ledger import PgLedger
+from proxy.membership_cache import CachedMemberships
 from proxy.metrics import Metrics
 from proxy.openapi import openapi_routes
 from proxy.policy_config import PolicyConfig, load_policy
@@ -130,8 +131,9 @@ async def open_runtime(settings: Settings, policy: PolicyConfig, catalogue: Cata
     await asyncio.to_thread(counter.warm)  # load the encoding now, not on the first request
     # a slow or absent Redis delays a request by ~100 ms at most before its rate limit is skipped
     limits = rate_limit_redis(settings.redis_url.reveal(), timeout=RATE_LIMIT_TIMEOUT)
-    chain = default_policies(keys=keys, directory=directory, ledger=ledger, policy=policy, catalogue=catalogue,
-                             keybox=keybox, counter=counter, record=count_charges(metrics.charged),
+    # the chain reads memberships through a one-second cache; reserve re-checks them authoritatively
+    chain = default_policies(keys=keys, directory=CachedMemberships(directory), ledger=ledger, policy=policy,
+                             catalogue=catalogue, keybox=keybox, counter=counter, record=count_charges(metrics.charged),
                              redis=limits, unenforced=metrics.ratelimit_skipped)
     routes = [
         *caller_routes(identify=identify_with((Authenticate(keys), ResolveOrg(directory))), ledger=ledger,
