@@ -6,6 +6,7 @@ Area-specific fixtures live in each test folder's own conftest.py.
 from __future__ import annotations
 
 import itertools
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,12 @@ from devstack import services
 
 ROOT = Path(__file__).resolve().parent.parent
 _db_counter = itertools.count(1)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every test session logs into its own folder, so log scans (tests/e2e/test_zz_secrets.py) read only
+    what this session's processes wrote."""
+    os.environ["CREDITGATE_LOG_DIR"] = tempfile.mkdtemp(prefix="creditgate-test-")
 
 
 @pytest.fixture(scope="session")
