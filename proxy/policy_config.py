@@ -104,13 +104,17 @@ class PolicyConfig:
         return names | {m for t in self.tiers for m in t.models if m != "*"}
 
 
+def read_config(path: Path, variable: str) -> str:
+    """The text of a configuration file; `ConfigError` names the variable that points at it."""
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{variable}: cannot read {str(path)!r}: {exc.strerror}") from None
+
+
 def load_policy(path: Path) -> PolicyConfig:
     """Read and validate the policy file; `ConfigError` names the file and each mistake."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"CREDITGATE_POLICY_CONFIG: cannot read {str(path)!r}: {exc.strerror}") from None
-    return parse_policy(text, source=str(path))
+    return parse_policy(read_config(path, "CREDITGATE_POLICY_CONFIG"), source=str(path))
 
 
 def parse_policy(text: str, *, source: str = "policy file") -> PolicyConfig:

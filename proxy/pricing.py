@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from proxy.policy_config import PolicyConfig, as_decimal, decimal_yaml_load
+from proxy.policy_config import PolicyConfig, as_decimal, decimal_yaml_load, read_config
 from proxy.settings import ConfigError
 
 BYOK_MODES = ("none", "optional", "required")
@@ -216,11 +216,7 @@ class Tariff:
 
 def load_catalogue(path: Path) -> Catalogue:
     """Read the LiteLLM config's `model_list`; `ConfigError` names the file and each mistake."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"CREDITGATE_LITELLM_CONFIG: cannot read {str(path)!r}: {exc.strerror}") from None
-    return parse_catalogue(text, source=str(path))
+    return parse_catalogue(read_config(path, "CREDITGATE_LITELLM_CONFIG"), source=str(path))
 
 
 def parse_catalogue(text: str, *, source: str = "LiteLLM config") -> Catalogue:
