@@ -53,8 +53,7 @@ class Runtime:
     directory: PgDirectory
     keys: KeyCache
     sweeper: Sweeper
-    redis: aioredis.Redis
-    limits: aioredis.Redis  # the rate limits' client: short timeouts, no retries
+    limits: aioredis.Redis  # the rate limits' client (short timeouts, no retries); also the readiness ping
     policies: tuple[Policy, ...]
     routes: list[BaseRoute]
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -66,7 +65,6 @@ class Runtime:
                 await task
         await self.sweeper.stop()
         await self.keys.stop()
-        await self.redis.aclose()
         await self.limits.aclose()
         await self.ledger.close()
 
@@ -113,7 +111,7 @@ class Product:
         """Redis down degrades (no revocation broadcast, keys read from PostgreSQL), it never stops billing."""
         assert self.runtime is not None
         try:
-            await self.runtime.redis.ping()
+            await self.runtime.limits.ping()
         except Exception:  # noqa: BLE001 - reported as degraded, logged by the key cache
             return "degraded"
         return "ok"
@@ -135,20 +133,19 @@ async def open_runtime(settings: Settings, policy: PolicyConfig, catalogue: Cata
     chain = default_policies(keys=keys, directory=CachedMemberships(directory), ledger=ledger, policy=policy,
                              catalogue=catalogue, keybox=keybox, counter=counter, record=count_charges(metrics.charged),
                              redis=limits, unenforced=metrics.ratelimit_skipped)
+    tiers, levels = [t.name for t in policy.tiers], [lv.name for lv in policy.power_levels]
     routes = [
         *caller_routes(identify=identify_with((Authenticate(keys), ResolveOrg(directory))), ledger=ledger,
                        directory=directory, catalogue=catalogue, policy=policy, keybox=keybox,
                        probe=litellm_probe(lambda: upstream.session, settings.upstream_url, settings.upstream_key),
                        created=int(time.time())),
         *admin_routes(directory, ledger, admin_token=settings.admin_token, lookup_key=keys.get,
-                      on_revoke=_broadcast(keys), tiers=[t.name for t in policy.tiers],
-                      power_levels=[lv.name for lv in policy.power_levels]),
-        *openapi_routes(tiers=[t.name for t in policy.tiers], power_levels=[lv.name for lv in policy.power_levels]),
+                      on_revoke=_broadcast(keys), tiers=tiers, power_levels=levels),
+        *openapi_routes(tiers=tiers, power_levels=levels),
     ]
     sweeper = Sweeper(ledger, float(policy.sweep_interval_seconds), on_expired=metrics.hold_expired)
     sweeper.start()
-    redis = aioredis.from_url(settings.redis_url.reveal(), socket_timeout=1, socket_connect_timeout=1)
-    runtime = Runtime(ledger, directory, keys, sweeper, redis, limits, chain, routes)
+    runtime = Runtime(ledger, directory, keys, sweeper, limits, chain, routes)
     runtime.tasks.append(asyncio.get_running_loop().create_task(
         _count_open_holds(ledger, metrics, float(policy.sweep_interval_seconds)), name="creditgate-holds-gauge"))
     return runtime

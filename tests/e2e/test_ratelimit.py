@@ -82,7 +82,12 @@ def test_with_redis_gone_limits_are_not_enforced_and_money_is_exact(
     gw = start_gateway(pg, redis, litellm, fake_provider, name="e2e_ratelimit_down", policy=limited_policy())
     try:
         ann = make_member(gw, tier="free")
+        ready = httpx.get(f"{gw.url}/readyz")
+        assert (ready.status_code, ready.json()) == (200, {"status": "ready", "checks": {
+            "litellm": "ok", "postgres": "ok", "redis": "ok"}})
         redis.stop()
+        degraded = httpx.get(f"{gw.url}/readyz")  # still serving: keys from PostgreSQL, money unaffected
+        assert (degraded.status_code, degraded.json()["checks"]["redis"]) == (200, "degraded")
         answers = [chat(ann, f"down-{i}") for i in range(RPM + 2)]
         assert [r.status_code for r in answers] == [200] * (RPM + 2)
         charged = sum(int(r.headers["x-credits-charged"]) for r in answers)
