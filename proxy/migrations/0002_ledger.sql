@@ -503,6 +503,10 @@ BEGIN
   FOR h IN SELECT * FROM holds WHERE id = ANY(ids) ORDER BY org_id, id LOOP
     c := ceil(h.prompt_tokens * h.input_rate + h.streamed_tokens * h.output_rate)::bigint;
     lp := ceil(h.prompt_tokens * h.list_input_rate + h.streamed_tokens * h.list_output_rate)::bigint;
+    IF h.input_rate = 0 AND h.output_rate = 0 AND NOT h.byok THEN
+      -- priced per unit, not per token (image generations): the hold is the price of what was asked
+      c := h.amount; lp := h.amount;
+    END IF;
     cov := least(c, h.amount); over := c - cov;
     UPDATE allocation_usage SET pending = pending - h.amount, posted = posted + c
      WHERE org_id = h.org_id AND user_id = h.user_id AND period_start = h.period_start;

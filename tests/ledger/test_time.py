@@ -161,3 +161,20 @@ async def test_expired_grant_stops_counting(db: asyncpg.Connection, ledger: PgLe
     assert await ledger.expire() == (0, 0)
     await set_clock(db, None)
     assert await violations(db) == []
+
+
+async def test_sweeper_charges_a_unit_priced_hold_what_was_asked(db: asyncpg.Connection, ledger: PgLedger) -> None:
+    """An image generation carries no per-token rates: if its replica dies, the sweeper charges the hold,
+    which is the price of the images asked for, rather than nothing."""
+    await _setup(db, ledger)
+    await ledger.reserve(hold(ORG, U1, "images", 120, prompt=9, in_rate="0", out_rate="0"))
+    await ledger.reserve(hold(ORG, U1, "byok-images", 0, prompt=9, in_rate="0", out_rate="0", byok=True))
+    await set_clock(db, 121)
+    assert await Sweeper(ledger, 1.0).sweep_once() == (2, 0)
+    images, byok = await ledger.request(ORG, "images"), await ledger.request(ORG, "byok-images")
+    assert images is not None and byok is not None
+    assert (images["status"], images["charged_millicredits"], images["usage_source"]) == ("settled", 120, "prompt_only")
+    assert (byok["status"], byok["charged_millicredits"]) == ("settled", 0)
+    assert await pool_state(db, ORG) == (10_000, 120, 0, 0)
+    await set_clock(db, None)
+    assert await violations(db) == []
