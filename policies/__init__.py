@@ -14,10 +14,11 @@ from redis.asyncio import Redis
 
 from policies.auth import Authenticate, KeyLookup
 from policies.byok import InjectProviderKey
-from policies.credits import Record, ReserveCredits
+from policies.credits import ReserveCredits
 from policies.model import RewriteModel
 from policies.org import ResolveOrg
 from policies.ratelimit import RateLimit
+from policies.settlement import Record
 from proxy.context import Directory, Ledger, Policy
 from proxy.crypto import KeyBox
 from proxy.policy_config import PolicyConfig
@@ -49,7 +50,7 @@ def default_policies(
     unenforced: Callable[[str], None] | None = None,
 ) -> tuple[Policy, ...]:
     """The chain. `keys` is a `proxy.keycache.KeyCache`; `record(outcome, settlement)` counts
-    settlements for the metrics (see policies.credits.Record). `redis` (short socket timeouts, no
+    settlements for the metrics (see policies.settlement.Record). `redis` (short socket timeouts, no
     retries) keeps the tiers' rate limits; without it there is no RateLimit in the chain.
     `unenforced(reason)` counts requests let through because Redis did not answer."""
     return (

@@ -6,9 +6,8 @@ prompts, at the HIGHEST price among the model's deployments, with markup and mul
 are held by prompt, images by `n` times the per-image price. BYOK holds 0 (still reserved: the
 request id is tracked and the list price recorded). An unpriced model is 403 unless BYOK.
 
-Settlement runs once, from `ctx.cleanup` or earlier through `ctx.settle_now`, shielded from
-cancellation: usage from LiteLLM -> `provider`, at the price of the deployment that answered; no
-usage but output seen -> `estimate` (counted prompt plus counted output); nothing served -> void.
+Settlement (policies/settlement.py) runs once, from `ctx.cleanup` or earlier through
+`ctx.settle_now`, shielded from cancellation; a renewal timer checkpoints the hold meanwhile.
 """
 
 from __future__ import annotations
@@ -20,17 +19,14 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from policies.model import OUTPUT_CAPS
+from policies.settlement import IMAGES, Record, Settle, requested
 from proxy import pricing
 from proxy.context import (
-    ESTIMATE,
-    PROVIDER,
     Hold,
     HoldRequest,
     Ledger,
     OutputMeter,
     RequestContext,
-    Settlement,
-    Usage,
 )
 from proxy.errors import ProxyError
 from proxy.policy_config import PolicyConfig
@@ -40,11 +36,6 @@ from proxy.tokens import TokenCounter, bound, prompt_count
 log = logging.getLogger("creditgate.credits")
 
 T = TypeVar("T")
-Record = Callable[[str, Settlement | None], None]
-"""Metrics hook: outcome ("posted" | "late_posted" | "already_settled" | "voided" | "failed") and
-the settlement (None for a void or a failure)."""
-
-IMAGES = "images/generations"
 
 
 class ReserveCredits:
@@ -59,11 +50,11 @@ class ReserveCredits:
         retry_seconds: float = 15.0,
         checkpoint_seconds: float | None = None,
     ) -> None:
-        self._ledger = ledger
+        self.ledger = ledger
         self._policy = policy
         self._catalogue = catalogue
         self._counter = counter
-        self._record = record or (lambda outcome, settlement: None)
+        self.record = record or (lambda outcome, settlement: None)
         self._retry_seconds = retry_seconds
         self._checkpoint_seconds = checkpoint_seconds or policy.hold_ttl_seconds / 3
         self._orphans: set[asyncio.Task[None]] = set()
@@ -100,7 +91,7 @@ class ReserveCredits:
         )
         ctx.hold = await self._reserve(request)
         ctx.response_headers["X-Credits-Held"] = str(ctx.hold.amount)
-        settle = _Settle(self, ctx, model, factor)
+        settle = Settle(self, ctx, model, factor)
         ctx.settle_now = settle
         ctx.cleanup.push_async_callback(settle)
         # every request, not only streams: a non-stream answer may take longer than the hold's TTL
@@ -130,7 +121,7 @@ class ReserveCredits:
     async def _reserve(self, request: HoldRequest) -> Hold:
         # a hold committed while the request was being cancelled would be charged by the sweeper
         # (prompt_only) for a request never sent: void it instead
-        task = asyncio.ensure_future(self._ledger.reserve(request))
+        task = asyncio.ensure_future(self.ledger.reserve(request))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -144,7 +135,7 @@ class ReserveCredits:
 
     async def _void_quietly(self, request: HoldRequest) -> None:
         try:
-            await self._retry(lambda: self._ledger.void(request.org_id, request.request_id))
+            await self.retry(lambda: self.ledger.void(request.org_id, request.request_id))
         except Exception as exc:  # the hold expires; the sweeper settles it (prompt_only)
             log.error("could not void the hold of cancelled request %s: %s", request.request_id, type(exc).__name__)
 
@@ -169,7 +160,7 @@ class ReserveCredits:
 
     async def _checkpoint(self, ctx: RequestContext, hold: Hold) -> None:
         try:
-            await self._ledger.checkpoint(hold.org_id, hold.request_id, ctx.meter.tokens())
+            await self.ledger.checkpoint(hold.org_id, hold.request_id, ctx.meter.tokens())
         except Exception as exc:  # a missed checkpoint only makes the sweeper's fallback older
             log.warning("checkpoint failed: %s", type(exc).__name__)
 
@@ -179,7 +170,7 @@ class ReserveCredits:
         self._orphans.add(task)
         task.add_done_callback(self._orphans.discard)
 
-    async def _retry(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def retry(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run `call`, retrying an unavailable ledger with backoff for at most `retry_seconds`."""
         loop = asyncio.get_running_loop()
         deadline, delay = loop.time() + self._retry_seconds, 0.05
@@ -200,116 +191,12 @@ def _bound_units(ctx: RequestContext) -> tuple[int, int, int]:
     """The most (prompt tokens, completion tokens, images) this request can be billed for."""
     body = ctx.body
     if ctx.route == IMAGES:
-        return 0, 0, _count(body, "n")
+        return 0, 0, requested(body, "n")
     prompt = bound(ctx.prompt_tokens)
     if ctx.route == "embeddings":
         return prompt, 0, 0
     caps = [body[name] for name in OUTPUT_CAPS if isinstance(body.get(name), int)]
     if not caps:  # RewriteModel injects max_tokens; without it the cost has no bound
         raise ProxyError.invalid_value("max_tokens", "max_tokens is required for this request.")
-    outputs = max(_count(body, "n"), _count(body, "best_of")) * prompt_count(ctx.route, body)
+    outputs = max(requested(body, "n"), requested(body, "best_of")) * prompt_count(ctx.route, body)
     return prompt, max(caps) * outputs, 0
-
-
-def _count(body: dict[str, object], name: str) -> int:
-    value = body.get(name)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
-
-
-class _Settle:
-    """The settle-or-void step of one request: runs once however many times it is awaited."""
-
-    def __init__(self, owner: ReserveCredits, ctx: RequestContext, model: Model, factor: Decimal) -> None:
-        self._owner, self._ctx, self._model, self._factor = owner, ctx, model, factor
-        self._task: asyncio.Task[None] | None = None
-
-    async def __call__(self) -> None:
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._finish())
-        cancelled = False
-        while not self._task.done():  # shielded: a cancelled request still settles, then re-raises
-            try:
-                await asyncio.shield(self._task)
-            except asyncio.CancelledError:
-                if self._task.cancelled():
-                    raise
-                cancelled = True
-        if cancelled:
-            raise asyncio.CancelledError
-
-    async def _finish(self) -> None:
-        ctx, ledger, hold = self._ctx, self._owner._ledger, self._ctx.hold
-        assert hold is not None
-        settlement: Settlement | None = None
-        try:
-            settlement = self.decide()
-            if settlement is None:
-                await self._owner._retry(lambda: ledger.void(hold.org_id, hold.request_id))
-                self._owner._record("voided", None)
-            else:
-                result = await self._owner._retry(lambda: ledger.settle(hold.org_id, hold.request_id, settlement))
-                ctx.response_headers["X-Credits-Charged"] = str(result.charged)
-                if result.remaining is not None:
-                    ctx.response_headers["X-Credits-Remaining"] = str(result.remaining)
-                self._owner._record(result.status, settlement)
-            ctx.settled = True
-        except Exception as exc:  # the hold stays; the sweeper settles it from its checkpoint at expiry
-            log.error(
-                "settlement failed; the sweeper will settle request %s at expiry: %s",
-                hold.request_id,
-                type(exc).__name__,
-            )
-            self._owner._record("failed", settlement)
-
-    def decide(self) -> Settlement | None:
-        """What to post: None = void (nothing was served)."""
-        ctx = self._ctx
-        if ctx.upstream_status is not None and ctx.upstream_status >= 400:
-            return None
-        images = ctx.route == IMAGES
-        usage = ctx.usage or Usage(0, 0)
-        if images and ctx.image_count is not None:
-            return self._settlement(PROVIDER, usage.prompt_tokens, usage.completion_tokens, ctx.image_count)
-        if not images and ctx.usage is not None:
-            return self._settlement(PROVIDER, usage.prompt_tokens, usage.completion_tokens, None)
-        # a 200 whose answer had no usage was still served (a non-stream answer is settled before it
-        # is sent, so response_started is not set yet); a stream that broke was served up to the break
-        answered = ctx.upstream_status is not None and ctx.failure in (None, "client_disconnected")
-        # a non-stream client that left before the answer arrived within the drain bound: LiteLLM runs the
-        # call to completion anyway (research/litellm.md §0.4), so at least the prompt was spent
-        answered |= not ctx.stream and ctx.failure == "client_disconnected"
-        if ctx.meter.chunks > 0 or ctx.response_started or answered:
-            if images:  # served, count unknown: what was asked for
-                return self._settlement(ESTIMATE, ctx.prompt_tokens, 0, _count(ctx.body, "n"))
-            return self._settlement(ESTIMATE, ctx.prompt_tokens, ctx.meter.tokens(), None)
-        return None
-
-    def _settlement(self, source: str, prompt: int, completion: int, images: int | None) -> Settlement:
-        """Priced per image when `images` is given, else per token."""
-        ctx, model = self._ctx, self._model
-        price = model.price_for(ctx.deployment_id)
-        units = (prompt, completion, 0) if images is None else (0, 0, images)
-        charge = 0 if ctx.byok else self._owner.tariff(price, self._factor).charge(*units)
-        listed = self._owner.tariff(price, Decimal(1)).charge(*units)
-        deployment = model.deployment(ctx.deployment_id)
-        return Settlement(
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            charge=charge,
-            list_price=listed,
-            usage_source=source,
-            model=model.name,
-            provider=deployment.provider if deployment else model.provider,
-            deployment=ctx.deployment_id,
-        )
-
-
-def count_charges(charged: Callable[[str | None, int, int, int], None]) -> Record:
-    """A `Record` feeding `Metrics.charged(model, prompt, completion, millicredits)` once per posted
-    settlement (a replayed "already_settled" is not counted twice)."""
-
-    def record(outcome: str, settlement: Settlement | None) -> None:
-        if settlement is not None and outcome in ("posted", "late_posted"):
-            charged(settlement.model, settlement.prompt_tokens, settlement.completion_tokens, settlement.charge)
-
-    return record

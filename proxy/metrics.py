@@ -104,7 +104,7 @@ class Metrics:
         self.credits.labels(label).inc(millicredits)
 
     def settled(self, outcome: str, settlement: Settlement | None) -> None:
-        """The `record` hook of policies.credits.ReserveCredits: counts every outcome, and the tokens
+        """The `record` hook of ReserveCredits (policies.settlement.Record): counts every outcome, and the tokens
         and credits of a settlement that was posted (never twice for "already_settled")."""
         self.settlements.labels(outcome if outcome in _OUTCOMES else "other").inc()
         if settlement is not None and outcome in ("posted", "late_posted"):

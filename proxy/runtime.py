@@ -21,9 +21,9 @@ from starlette.routing import BaseRoute, Router
 
 from policies import default_policies
 from policies.auth import Authenticate
-from policies.credits import count_charges
 from policies.org import ResolveOrg
 from policies.ratelimit import redis_client as rate_limit_redis
+from policies.settlement import count_charges
 from proxy.admin import admin_routes
 from proxy.caller import caller_routes
 from proxy.caller_common import identify_with

@@ -13,7 +13,7 @@ from policies import (
     RewriteModel,
     default_policies,
 )
-from policies.credits import count_charges
+from policies.settlement import count_charges
 from proxy.context import Settlement
 from proxy.crypto import KeyBox
 from proxy.policy_config import PolicyConfig, parse_policy
