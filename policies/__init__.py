@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from policies.auth import Authenticate, KeyLookup
 from policies.byok import InjectProviderKey
-from policies.credits import ReserveCredits
+from policies.credits import Balances, ReserveCredits
 from policies.model import RewriteModel
 from policies.org import ResolveOrg
 from policies.ratelimit import RateLimit
@@ -46,11 +46,15 @@ def default_policies(
     keybox: KeyBox,
     counter: TokenCounter,
     record: Record | None = None,
+    on_overage: Callable[[str, int], None] | None = None,
+    balances: Balances | None = None,
     redis: Redis | None = None,
     unenforced: Callable[[str], None] | None = None,
 ) -> tuple[Policy, ...]:
     """The chain. `keys` is a `proxy.keycache.KeyCache`; `record(outcome, settlement)` counts
-    settlements for the metrics (see policies.settlement.Record). `redis` (short socket timeouts, no
+    settlements for the metrics (see policies.settlement.Record); `on_overage(model, millicredits)` counts
+    a charge above its hold (a defect). `balances` (PgLedger.credits) lets a large prompt be refused
+    before it is tokenized when the org or the member cannot pay even its output. `redis` (short socket timeouts, no
     retries) keeps the tiers' rate limits; without it there is no RateLimit in the chain.
     `unenforced(reason)` counts requests let through because Redis did not answer."""
     return (
@@ -59,5 +63,6 @@ def default_policies(
         *((RateLimit(policy, redis, unenforced=unenforced),) if redis is not None else ()),
         RewriteModel(policy, catalogue),
         InjectProviderKey(directory, catalogue, keybox),
-        ReserveCredits(ledger, policy, catalogue, counter, record=record),
+        ReserveCredits(ledger, policy, catalogue, counter, record=record, on_overage=on_overage,
+                       balances=balances),
     )

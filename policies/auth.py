@@ -33,6 +33,8 @@ def bearer(headers: dict[str, str]) -> Secret | None:
 class Authenticate:
     """Sets `ctx.key`; 401 `invalid_api_key` (missing or unknown) or `revoked_api_key`."""
 
+    reads_body = False  # runs before the body is read (proxy/passthrough.py)
+
     def __init__(self, keys: KeyLookup) -> None:
         self._keys = keys
 

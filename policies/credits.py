@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -31,11 +31,14 @@ from proxy.context import (
 from proxy.errors import ProxyError
 from proxy.policy_config import PolicyConfig
 from proxy.pricing import Catalogue, Model
-from proxy.tokens import TokenCounter, bound, prompt_count
+from proxy.tokens import TokenCounter, bound, large_prompt, prompt_count
 
 log = logging.getLogger("creditgate.credits")
 
 T = TypeVar("T")
+Balances = Callable[[str, str], Awaitable[Mapping[str, Any]]]
+"""`(org_id, user_id) -> the GET /v1/credits body` (PgLedger.credits): read before tokenizing a large
+prompt, so an org that cannot pay is refused before the expensive work."""
 
 
 class ReserveCredits:
@@ -47,6 +50,8 @@ class ReserveCredits:
         counter: TokenCounter,
         *,
         record: Record | None = None,
+        on_overage: Callable[[str, int], None] | None = None,
+        balances: Balances | None = None,
         retry_seconds: float = 15.0,
         checkpoint_seconds: float | None = None,
     ) -> None:
@@ -55,6 +60,8 @@ class ReserveCredits:
         self._catalogue = catalogue
         self._counter = counter
         self.record = record or (lambda outcome, settlement: None)
+        self.on_overage = on_overage or (lambda model, millicredits: None)
+        self._balances = balances
         self._retry_seconds = retry_seconds
         self._checkpoint_seconds = checkpoint_seconds or policy.hold_ttl_seconds / 3
         self._orphans: set[asyncio.Task[None]] = set()
@@ -69,10 +76,14 @@ class ReserveCredits:
             raise RuntimeError("RewriteModel must run before ReserveCredits")
         if not model.priced() and not ctx.byok:
             raise ProxyError.permission("model_not_priced", f"The model '{model.name}' has no price configured.")
+        factor = pricing.factor(tier.markup, ctx.multiplier)
+        if not ctx.byok and self._balances is not None and large_prompt(ctx.body):
+            # tokenizing megabytes costs CPU every tenant shares: first make sure the hold could fit at all
+            await self._affordable(member.org_id, member.user_id, self.tariff(model.highest, factor).charge(
+                *_bound_units(ctx)))
         ctx.prompt_tokens = await self._counter.prompt_tokens_async(ctx.route, ctx.body)
         if ctx.meter.chunks == 0:  # count streamed output with the same tokenizer as the prompt
             ctx.meter = OutputMeter(self._counter.count)
-        factor = pricing.factor(tier.markup, ctx.multiplier)
         amount = 0 if ctx.byok else self.tariff(model.highest, factor).charge(*_bound_units(ctx))
         rates, listed = self._rates(model, Decimal(0) if ctx.byok else factor)
         request = HoldRequest(
@@ -98,6 +109,26 @@ class ReserveCredits:
         # (upstream timeout 600 s vs 120 s), and an expired hold would free credit still being spent.
         # Pushed after the settle step, so it stops first.
         ctx.cleanup.callback(self._renew(ctx, ctx.hold))
+
+    async def _affordable(self, org_id: str, user_id: str, floor: int) -> None:
+        """402 when the pool or the allocation cannot cover `floor`, the hold without its prompt (which
+        only adds to it): the refusal the reserve would give, without tokenizing first. A failed read
+        decides nothing: the reserve does."""
+        assert self._balances is not None
+        try:
+            credits = await self._balances(org_id, user_id)
+        except Exception as exc:  # noqa: BLE001 - the reserve is authoritative and fails closed itself
+            log.warning("balance pre-check skipped: %s", type(exc).__name__)
+            return
+        if credits["pool"]["available"] < floor:
+            raise ProxyError.insufficient_credits(
+                "org_pool_exhausted", f"The organization's credit pool cannot cover this request (at least {floor} "
+                "millicredits would be held).")
+        allocation = credits["allocation"]
+        if allocation["limit"] is not None and allocation["available"] < floor:
+            raise ProxyError.insufficient_credits(
+                "user_allocation_exhausted", f"Your allocation in this organization cannot cover this request (at "
+                f"least {floor} millicredits would be held).")
 
     def tariff(self, price: pricing.Price, factor: Decimal) -> pricing.Tariff:
         """The integer tariff of `price` at `factor`, computed once per (price, factor)."""

@@ -7,6 +7,7 @@ from typing import Any
 
 from proxy.context import RequestContext
 from proxy.errors import ProxyError
+from proxy.params import forwardable
 from proxy.policy_config import PolicyConfig, PowerLevel, Tier
 from proxy.pricing import Catalogue, Model
 
@@ -31,7 +32,9 @@ class RewriteModel:
     reaches LiteLLM), else the member's default, else the policy default; unknown -> 400. `auto` is the
     level's first model the org's tier allows. The level (and the model's own `max_output_tokens`)
     caps `max_tokens` / `max_completion_tokens`; when neither is sent, `max_tokens` is injected so the
-    hold is bounded. `n` and `best_of` must be positive integers.
+    hold is bounded. `n` and `best_of` must be positive integers. The body keeps only what LiteLLM may
+    receive for the model (proxy/params.py: the route's OpenAI parameters plus the policy file's
+    `forward_params`); any other field is 400 `invalid_value`, before anything is held.
     """
 
     def __init__(self, policy: PolicyConfig, catalogue: Catalogue) -> None:
@@ -46,6 +49,8 @@ class RewriteModel:
             log.error("org %s has tier %r, which the policy file does not define", member.org_id, member.org_tier)
             raise ProxyError.permission("model_not_allowed", "Your organization's tier allows no models.")
         model = self._model(ctx, level, tier)
+        ctx.forward_params = self._policy.forwarded(model.name)
+        ctx.body = forwardable(ctx.route, ctx.body, ctx.forward_params)
         _check_counts(ctx.body)
         if ctx.route in CAPPED_ROUTES:
             _cap_output(ctx.body, min(level.max_tokens, model.max_output_tokens or level.max_tokens))

@@ -19,6 +19,8 @@ class ResolveOrg:
     else 403 `no_organization`. A header naming an unknown org, one the user is not in, or one other
     than the key's bound org is 403 `not_a_member`; a suspended org or member is 403 `suspended`."""
 
+    reads_body = False  # runs before the body is read (proxy/passthrough.py)
+
     def __init__(self, directory: Directory) -> None:
         self._directory = directory
 

@@ -81,6 +81,8 @@ class RateLimit:
     timeout is how long a slow Redis may delay a request before the limit is skipped.
     """
 
+    reads_body = False  # runs before the body is read (proxy/passthrough.py)
+
     def __init__(
         self,
         policy: PolicyConfig,

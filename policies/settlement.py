@@ -66,6 +66,8 @@ class Settle:
                 await self._owner.retry(lambda: ledger.void(hold.org_id, hold.request_id))
                 self._owner.record("voided", None)
             else:
+                if settlement.charge > hold.amount:
+                    self._overage(settlement.charge - hold.amount)
                 result = await self._owner.retry(lambda: ledger.settle(hold.org_id, hold.request_id, settlement))
                 ctx.response_headers["X-Credits-Charged"] = str(result.charged)
                 if result.remaining is not None:
@@ -79,6 +81,18 @@ class Settle:
                 type(exc).__name__,
             )
             self._owner.record("failed", settlement)
+
+    def _overage(self, excess: int) -> None:
+        """A charge above its hold is a defect (the hold must bound every charge): counted and logged with
+        the request id; the ledger records the excess as a receivable and `creditgate verify` reports it."""
+        ctx, hold = self._ctx, self._ctx.hold
+        assert hold is not None
+        log.error(
+            "overage: request %s of org %s charged %d millicredits above its hold of %d (model %s, usage %s)",
+            hold.request_id, hold.org_id, excess, hold.amount, self._model.name,
+            ctx.usage, extra={"request_id": hold.request_id},
+        )
+        self._owner.on_overage(self._model.name, excess)
 
     def decide(self) -> Settlement | None:
         """What to post: None = void (nothing was served)."""
@@ -122,13 +136,3 @@ class Settle:
             deployment=ctx.deployment_id,
         )
 
-
-def count_charges(charged: Callable[[str | None, int, int, int], None]) -> Record:
-    """A `Record` feeding `Metrics.charged(model, prompt, completion, millicredits)` once per posted
-    settlement (a replayed "already_settled" is not counted twice)."""
-
-    def record(outcome: str, settlement: Settlement | None) -> None:
-        if settlement is not None and outcome in ("posted", "late_posted"):
-            charged(settlement.model, settlement.prompt_tokens, settlement.completion_tokens, settlement.charge)
-
-    return record

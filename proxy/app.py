@@ -95,6 +95,7 @@ def create_app(
         middleware=[Middleware(AccessLog, metrics=metrics), Middleware(_BilledFastPath, routes=fast)],
         exception_handlers={HTTPException: _route_not_found, ProxyError: _proxy_error},
     )
+    app.router.redirect_slashes = False  # a trailing slash is 404, never a redirect built from the client's Host
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.upstream = upstream

@@ -177,6 +177,7 @@ class RequestContext:
     power_level: str | None = None
     multiplier: Decimal = Decimal(1)
     model: str | None = None  # model name sent to LiteLLM
+    forward_params: frozenset[str] = frozenset()  # provider parameters forwarded beyond OpenAI's (policy file)
     provider: str | None = None
     byok: bool = False
     byok_key: Secret | None = field(default=None, repr=False)

@@ -67,6 +67,8 @@ class Metrics:
                                    ["outcome"], registry=r)
         self._requests: dict[tuple[str, int], Counter] = {}
         self._routes: dict[str, tuple[Histogram, Histogram, Histogram]] = {}
+        self.overage_total = Counter("creditgate_overage_millicredits", "Millicredits charged above their hold "
+                                     "(a defect: the hold bounds every charge), by model.", ["model"], registry=r)
         self.upstream_errors = Counter("creditgate_upstream_errors", "Upstream failures by error code.",
                                        ["code"], registry=r)
         self.ratelimit_unenforced = Counter(
@@ -109,6 +111,10 @@ class Metrics:
         self.settlements.labels(outcome if outcome in _OUTCOMES else "other").inc()
         if settlement is not None and outcome in ("posted", "late_posted"):
             self.charged(settlement.model, settlement.prompt_tokens, settlement.completion_tokens, settlement.charge)
+
+    def overage(self, model: str | None, millicredits: int) -> None:
+        """The `on_overage` hook of ReserveCredits."""
+        self.overage_total.labels(self.model(model)).inc(millicredits)
 
     def rejected(self, code: str | None) -> None:
         self.rejections.labels(code or "unknown").inc()

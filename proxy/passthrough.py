@@ -1,7 +1,8 @@
 """The billed hot path: a plain ASGI endpoint from client request to LiteLLM and back.
 
-Per request: read the body (bounded), parse it once, build a RequestContext, then inside
-`async with ctx.cleanup` run the policy chain and forward. Streams are relayed chunk by chunk as they
+Per request: build a RequestContext from the headers, then inside `async with ctx.cleanup` run the
+policy chain (the body is read, bounded, and parsed once, after the policies that need only headers:
+authentication comes first) and forward. Streams are relayed chunk by chunk as they
 arrive (a StreamTap observes usage and text); non-stream answers are read whole, settled through
 `ctx.settle_now` and only then sent. Every failure is a ProxyError rendered in one place; after the
 first byte it becomes a final `data: {"error": ...}` event without `[DONE]`. A client that leaves
@@ -49,48 +50,38 @@ class Passthrough:
         started = time.perf_counter()
         info = request_info(scope)
         info.route = scope["route"].path if "route" in scope else self.path
-        ctx = await self._context(scope, receive, send, info)
-        if ctx is None:
-            return
+        ctx = _context(scope, info, self.route)
         waited = 0.0
         try:
             async with ctx.cleanup:
-                if await self._admit(ctx, send):
+                if await self._admit(ctx, scope, receive, send, info):
                     info.model = ctx.model or info.model
                     waited = await self._serve(ctx, receive, send)
         except Exception:  # noqa: BLE001 - the answer is out; a failing cleanup is logged, never a 500
             log.exception("request cleanup failed", extra={"request_id": ctx.request_id})
         self.metrics.timing(info.route, waited, time.perf_counter() - started - waited)
 
-    async def _context(self, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> RequestContext | None:
-        """The request's context from its body and headers, or None once a 4xx went out."""
+    async def _admit(self, ctx: RequestContext, scope: Scope, receive: Receive, send: Send, info: RequestInfo) -> bool:
+        """Run the chain; False once its refusal went out. The policies that need only the headers
+        (authentication, the org, the rate limit: `reads_body = False`) run before the body is read, so
+        a stranger is 401 whatever the body and is never made to wait for, or fill memory with, its
+        upload; the body is read (bounded) and parsed just before the first policy that needs it."""
         try:
-            raw = await read_body(scope, receive, self.settings.max_body_bytes)
-            body, stream = parse_request(raw, self.route)
-        except ProxyError as err:
-            self.metrics.rejected(err.code)
-            await _send_error(send, err, info.request_id, {})
-            return None
-        except ClientGone:
-            info.status = 499  # nginx's "client closed request": nothing was sent
-            return None
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        token = bearer_token(headers.get("authorization"))
-        info.model = str(body["model"])
-        return RequestContext(
-            request_id=info.request_id, route=self.route, headers=headers, body=body,
-            api_key=Secret(token) if token else None, request_id_from_client=info.from_client, stream=stream,
-            client_wants_usage=stream and (body.get("stream_options") or {}).get("include_usage") is True,
-        )
-
-    async def _admit(self, ctx: RequestContext, send: Send) -> bool:
-        """Run the chain; False once its refusal went out."""
-        try:
+            parsed = False
             for policy in self.policies:
+                if not parsed and getattr(policy, "reads_body", True):
+                    await self._read(ctx, scope, receive, info)
+                    parsed = True
                 await policy(ctx)
+            if not parsed:
+                await self._read(ctx, scope, receive, info)
             return True
         except ProxyError as err:
             refusal = err
+        except ClientGone:
+            info.status = 499  # nginx's "client closed request": nothing was sent
+            ctx.failure = "client_disconnected"
+            return False
         except Exception:  # noqa: BLE001 - fail closed: a broken policy refuses, it never lets through
             log.exception("policy failed", extra={"request_id": ctx.request_id})
             refusal = ProxyError.upstream_failed("The gateway could not process the request.")
@@ -98,6 +89,13 @@ class Passthrough:
         self.metrics.rejected(refusal.code)
         await _send_error(send, refusal, ctx.request_id, ctx.response_headers)
         return False
+
+    async def _read(self, ctx: RequestContext, scope: Scope, receive: Receive, info: RequestInfo) -> None:
+        """Read (at most max_body_bytes) and parse the body into `ctx`; raises ProxyError or ClientGone."""
+        raw = await read_body(scope, receive, self.settings.max_body_bytes)
+        ctx.body, ctx.stream = parse_request(raw, self.route)
+        ctx.client_wants_usage = ctx.stream and (ctx.body.get("stream_options") or {}).get("include_usage") is True
+        info.model = str(ctx.body["model"])
 
     async def _serve(self, ctx: RequestContext, receive: Receive, send: Send) -> float:
         """Forward and answer; every failure is rendered here. Returns the seconds spent on LiteLLM."""
@@ -209,6 +207,16 @@ class Passthrough:
             return
         ctx.failure = err.code
         await _send_error(send, err, ctx.request_id, ctx.response_headers)
+
+
+def _context(scope: Scope, info: RequestInfo, route: str) -> RequestContext:
+    """The request's context from its headers; the body is read later (`Passthrough._read`)."""
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    token = bearer_token(headers.get("authorization"))
+    return RequestContext(
+        request_id=info.request_id, route=route, headers=headers, body={},
+        api_key=Secret(token) if token else None, request_id_from_client=info.from_client,
+    )
 
 
 async def _send_error(send: Send, err: ProxyError, request_id_value: str, extra: dict[str, str]) -> None:

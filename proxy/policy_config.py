@@ -7,14 +7,16 @@ mistake. Every number that may be fractional is a `Decimal` built from its YAML 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from proxy.params import silently_dropped
 from proxy.settings import ConfigError
 
 
@@ -83,6 +85,14 @@ class PolicyConfig:
     default_power_level: str
     power_levels: tuple[PowerLevel, ...]
     tiers: tuple[Tier, ...]
+    # provider parameters callers may send beyond OpenAI's own: "*" for every model, else per model name
+    forward_params: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def forwarded(self, model: str) -> frozenset[str]:
+        """The extra body fields forwarded for `model` (the global list plus the model's own)."""
+        common = self.forward_params.get("*", frozenset())
+        own = self.forward_params.get(model)
+        return common | own if own else common
 
     def level(self, name: str) -> PowerLevel | None:
         return next((lv for lv in self.power_levels if lv.name == name), None)
@@ -101,6 +111,7 @@ class PolicyConfig:
     def models(self) -> set[str]:
         """Every model name the file mentions (for checking against the LiteLLM catalogue)."""
         names = {m for lv in self.power_levels for m in lv.models}
+        names |= {m for m in self.forward_params if m != "*"}
         return names | {m for t in self.tiers for m in t.models if m != "*"}
 
 
@@ -200,6 +211,38 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> PolicyConfig | None:
     default = raw.get("default_power_level")
     if not any(lv.name == default for lv in levels):
         problems.append(f"default_power_level must name one of power_levels, got {default!r}")
+    forward = _forward_params(raw.get("forward_params"), problems)
     if problems:
         return None
-    return PolicyConfig(credits_per_usd, ttl, sweep, str(default), tuple(levels), tuple(tiers))
+    return PolicyConfig(credits_per_usd, ttl, sweep, str(default), tuple(levels), tuple(tiers), forward)
+
+
+_GATEWAY_OWNED = frozenset({"model", "stream", "stream_options", "n", "best_of"})
+# provider spellings of an output cap (max_new_tokens, num_predict, max_output_tokens, ...): the hold is
+# sized from max_tokens / max_completion_tokens as the power level clamps them, so no other cap may pass
+_OUTPUT_CAP = re.compile(r"max_?(new_|output_|completion_|gen_)?tokens|num_predict|max_length|min_tokens", re.I)
+
+
+def _forward_params(raw: Any, problems: list[str]) -> dict[str, frozenset[str]]:
+    """`forward_params`: model name (or "*") -> provider parameter names. A name the gateway drops as
+    credentials, routing or logging (proxy/params.py) cannot be forwarded: that would reopen the hole
+    the allowlist closes."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        problems.append("forward_params must be a mapping of model name (or \"*\") to a list of parameter names")
+        return {}
+    forward: dict[str, frozenset[str]] = {}
+    for model, names in raw.items():
+        where = f"forward_params.{model}"
+        if names is None:
+            names = []
+        if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+            problems.append(f"{where} must be a list of parameter names")
+            continue
+        for name in names:
+            if silently_dropped(name) or name in _GATEWAY_OWNED or _OUTPUT_CAP.search(name):
+                problems.append(f"{where}: {name!r} cannot be forwarded (the gateway owns it, it is an output cap "
+                                "the hold cannot see, or LiteLLM reads it as credentials, routing, pricing or logging)")
+        forward[str(model)] = frozenset(names)
+    return forward

@@ -20,6 +20,16 @@ from proxy.sse import strip_cost, usage_from
 _REQUIRED = {"chat/completions": "messages", "completions": "prompt", "embeddings": "input",
              "images/generations": "prompt"}
 _POSITIVE_INTS = ("n", "max_tokens", "max_completion_tokens", "best_of")
+# OpenAI's own ceilings (API reference): choices per chat or completion, candidates per completion,
+# images per generation. A larger count is refused before it reaches the hold's arithmetic.
+_MAX_COUNTS = {"n": 128, "best_of": 20}
+_MAX_IMAGES = 10
+_MAX_OUTPUT_TOKENS = 10_000_000  # far above any model's; the power level clamps what is sent
+# JSON nesting: tool schemas and structured outputs are a few levels deep (OpenAI allows 10 in a
+# schema); deeper input only exhausts recursion in whoever walks it next
+MAX_DEPTH = 64
+_INTS = ("seed", "dimensions", "top_logprobs")  # integers a provider reads as such; orjson makes huge ones floats
+_I64 = -(2**63)
 # After answering 413 we still read (and drop) this much of an oversized body, so the client gets
 # the answer instead of a reset connection while it is still writing.
 _DRAIN_LIMIT = 64 * 1024 * 1024
@@ -74,6 +84,8 @@ def parse_request(raw: bytes, route: str) -> tuple[dict[str, Any], bool]:
         raise ProxyError.invalid_json() from None
     if not isinstance(body, dict):
         raise ProxyError.invalid_value(None, "The request body must be a JSON object.")
+    if too_deep(body, MAX_DEPTH):
+        raise ProxyError.invalid_value(None, f"The request body is nested more than {MAX_DEPTH} levels deep.")
     model = body.get("model")
     if model is None:
         raise ProxyError.missing_field("model")
@@ -92,6 +104,16 @@ def parse_request(raw: bytes, route: str) -> tuple[dict[str, Any], bool]:
     for name in _POSITIVE_INTS:
         if body.get(name) is not None and not _positive_int(body[name]):
             raise ProxyError.invalid_value(name, f"'{name}' must be a positive integer.")
+    for name, most in ((*_MAX_COUNTS.items(),) if route != "images/generations" else (("n", _MAX_IMAGES),)):
+        if body.get(name) is not None and body[name] > most:
+            raise ProxyError.invalid_value(name, f"'{name}' must be at most {most}.")
+    for name in _INTS:
+        value = body.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not _I64 <= value < -_I64):
+            raise ProxyError.invalid_value(name, f"'{name}' must be a 64-bit integer.")
+    for name in ("max_tokens", "max_completion_tokens"):
+        if body.get(name) is not None and body[name] > _MAX_OUTPUT_TOKENS:
+            raise ProxyError.invalid_value(name, f"'{name}' must be at most {_MAX_OUTPUT_TOKENS}.")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise ProxyError.invalid_value("stream_options", "'stream_options' must be an object.")
@@ -100,6 +122,20 @@ def parse_request(raw: bytes, route: str) -> tuple[dict[str, Any], bool]:
     if route in ("embeddings", "images/generations") and stream:
         raise ProxyError.invalid_value("stream", f"Streaming is not supported for /{route}.")
     return body, stream is True
+
+
+def too_deep(value: Any, limit: int) -> bool:
+    """True when JSON `value` nests more than `limit` objects/arrays (iterative: no recursion to exhaust)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 def observe_answer(ctx: RequestContext, raw: bytes) -> bytes:

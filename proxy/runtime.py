@@ -23,7 +23,6 @@ from policies import default_policies
 from policies.auth import Authenticate
 from policies.org import ResolveOrg
 from policies.ratelimit import redis_client as rate_limit_redis
-from policies.settlement import count_charges
 from proxy.admin import admin_routes
 from proxy.caller import caller_routes
 from proxy.caller_common import identify_with
@@ -131,8 +130,9 @@ async def open_runtime(settings: Settings, policy: PolicyConfig, catalogue: Cata
     limits = rate_limit_redis(settings.redis_url.reveal(), timeout=RATE_LIMIT_TIMEOUT)
     # the chain reads memberships through a one-second cache; reserve re-checks them authoritatively
     chain = default_policies(keys=keys, directory=CachedMemberships(directory), ledger=ledger, policy=policy,
-                             catalogue=catalogue, keybox=keybox, counter=counter, record=count_charges(metrics.charged),
-                             redis=limits, unenforced=metrics.ratelimit_skipped)
+                             catalogue=catalogue, keybox=keybox, counter=counter, record=metrics.settled,
+                             on_overage=metrics.overage, balances=ledger.credits, redis=limits,
+                             unenforced=metrics.ratelimit_skipped)
     tiers, levels = [t.name for t in policy.tiers], [lv.name for lv in policy.power_levels]
     routes = [
         *caller_routes(identify=identify_with((Authenticate(keys), ResolveOrg(directory))), ledger=ledger,

@@ -73,7 +73,7 @@ class TokenCounter:
     async def prompt_tokens_async(self, route: str, body: dict[str, Any]) -> int:
         """`prompt_tokens`, in a worker thread when the prompt is large: a 16 MiB body takes seconds
         to tokenize, which must not stall every other request on the event loop."""
-        if _text_size(body) < THREAD_ABOVE_CHARS:
+        if not large_prompt(body):
             return self.prompt_tokens(route, body)
         return await asyncio.to_thread(self.prompt_tokens, route, body)
 
@@ -131,6 +131,11 @@ def _load_o200k() -> Callable[[str], list[int]]:
         encoding = bpe_openai.get_encoding("o200k_base")
     encode: Callable[[str], list[int]] = encoding.encode_ordinary
     return encode
+
+
+def large_prompt(body: dict[str, Any]) -> bool:
+    """True when counting the body's prompt costs more than a few milliseconds of CPU."""
+    return _text_size(body) >= THREAD_ABOVE_CHARS
 
 
 def bound(counted: int) -> int:

@@ -15,42 +15,20 @@ import orjson
 
 from proxy.context import RequestContext
 from proxy.headers import upstream_request_headers
+from proxy.params import OPENAI_PARAMS, STREAM_OPTIONS, silently_dropped
 from proxy.settings import Settings
 from proxy.upstream_errors import from_client_error
 
-# Client-chosen credentials, routing, pricing, logging and LiteLLM controls: never forwarded (litellm.md
-# §0.3, §2 "What LiteLLM forwards upstream", §3). A client must not swap in a provider key or endpoint,
-# set its own price, pick fallbacks, mock the answer, point LiteLLM's loggers at its own host, or reach
-# LiteLLM features we do not bill. The prefixes/infixes cover LiteLLM 1.106.2's banned body params
-# (auth_utils._BANNED_REQUEST_BODY_PARAMS: observability hosts and keys, custom pricing, cloud
-# identities), which LiteLLM would otherwise answer with a 401 the client could not act on.
-DROPPED_FIELDS = frozenset({
-    "api_key", "api_base", "base_url", "api_version", "user_config", "metadata", "extra_body",
-    "extra_headers", "mock_response", "mock_tool_calls", "mock_testing_fallbacks", "fallbacks",
-    "context_window_fallback_dict", "input_cost_per_token", "output_cost_per_token", "organization",
-    "power_level", "proxy_server_request", "secret_fields", "guardrails", "tags", "caching", "cache",
-    "num_retries", "timeout", "azure_ad_token", "fallback_depth", "model_list", "deployment_id",
-    "model_info", "custom_llm_provider", "region_name", "deployment_url", "use_ssl", "rust", "workspace_id",
-    "tiered_pricing", "turn_off_message_logging", "output_vector_size", "callbacks", "success_callback",
-    "failure_callback", "service_callback", "logger_fn", "weights", "enable_prompt_caching",
-    "disable_global_guardrails", "disable_global_guardrail", "opted_out_global_guardrails",
-    "standard_logging_object", "routing_decision", "max_retries", "request_timeout", "stream_timeout",
-})
-DROPPED_PREFIXES = (
-    "litellm_", "aws_", "vertex_", "azure_", "cost_", "user_api_key", "langfuse_", "langsmith_", "arize_",
-    "braintrust_", "dd_", "gcs_", "humanloop_", "lunary_", "newrelic_", "posthog_", "signoz_", "wandb_",
-    "weave_", "slack_", "bedrock_", "sagemaker_", "s3_", "anthropic", "agentcore_", "nvcf_", "fireworks_",
-    "regional_", "_",
-)
-DROPPED_INFIXES = ("_cost_", "cost_per_")
-
 
 def upstream_body(ctx: RequestContext) -> bytes:
-    """The JSON LiteLLM receives: the client's body minus DROPPED_FIELDS, with the chain's model,
-    the member's own key at the top level (litellm.md §3) and, for streams, include_usage forced on."""
+    """The JSON LiteLLM receives, built from the allowlist (proxy/params.py): the route's OpenAI
+    parameters and the model's `forward_params` (RewriteModel already refused anything else; this is
+    the last gate, so a chain without it still forwards nothing else), with the chain's model, the
+    member's own key at the top level (litellm.md §3) and, for streams, include_usage forced on."""
+    allowed = OPENAI_PARAMS[ctx.route]
+    extra = ctx.forward_params
     body: dict[str, Any] = {
-        k: v for k, v in ctx.body.items()
-        if k not in DROPPED_FIELDS and not k.startswith(DROPPED_PREFIXES) and not any(i in k for i in DROPPED_INFIXES)
+        k: v for k, v in ctx.body.items() if (k in allowed or k in extra) and not silently_dropped(k)
     }
     if ctx.model:
         body["model"] = ctx.model
@@ -58,7 +36,8 @@ def upstream_body(ctx: RequestContext) -> bytes:
         body["api_key"] = ctx.byok_key.reveal()
     if ctx.stream:
         options = body.get("stream_options")
-        body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+        kept = {k: v for k, v in options.items() if k in STREAM_OPTIONS} if isinstance(options, dict) else {}
+        body["stream_options"] = {**kept, "include_usage": True}
     return orjson.dumps(body)
 
 

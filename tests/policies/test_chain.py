@@ -13,9 +13,9 @@ from policies import (
     RewriteModel,
     default_policies,
 )
-from policies.settlement import count_charges
 from proxy.context import Settlement
 from proxy.crypto import KeyBox
+from proxy.metrics import Metrics
 from proxy.policy_config import PolicyConfig, parse_policy
 from proxy.pricing import Catalogue, check_policy
 from proxy.settings import ConfigError
@@ -58,10 +58,17 @@ tiers:
     ]
 
 
-def test_count_charges_counts_each_posted_settlement_once() -> None:
-    seen: list[tuple[str | None, int, int, int]] = []
-    record = count_charges(lambda *args: seen.append(args))
+def test_metrics_settled_counts_each_outcome_and_each_posted_charge_once() -> None:
+    """The runtime wires `Metrics.settled` as the chain's record hook: every outcome is counted, and
+    tokens and credits once per posted settlement (a replayed "already_settled" is not counted twice)."""
+    metrics = Metrics(["fake-small"])
     settlement = Settlement(10, 20, 33, 40, "provider", "fake-small", "openai", None)
     for outcome in ("posted", "already_settled", "late_posted", "voided", "failed"):
-        record(outcome, settlement if outcome != "voided" else None)
-    assert seen == [("fake-small", 10, 20, 33), ("fake-small", 10, 20, 33)]
+        metrics.settled(outcome, settlement if outcome != "voided" else None)
+    value = metrics.registry.get_sample_value
+    assert value("creditgate_credits_charged_millicredits_total", {"model": "fake-small"}) == 66
+    assert value("creditgate_tokens_total", {"model": "fake-small", "kind": "completion"}) == 40
+    for outcome in ("posted", "already_settled", "late_posted", "voided", "failed"):
+        assert value("creditgate_settlements_total", {"outcome": outcome}) == 1
+    metrics.overage("fake-small", 7)
+    assert value("creditgate_overage_millicredits_total", {"model": "fake-small"}) == 7

@@ -167,3 +167,68 @@ async def test_ledger_refusal_leaves_nothing_to_settle(
         await run(credits_for(ledger, policy, catalogue, counter), ctx, answered(Usage(1, 1)))
     assert info.value.code == "org_pool_exhausted"
     assert (ctx.hold, ledger.settled, ledger.voided, ctx.settle_now) == (None, [], [], None)
+
+
+class CountingCounter(TokenCounter):
+    """A real counter that remembers how often it was asked to count a prompt."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prompts = 0
+
+    def prompt_tokens(self, route: str, body: dict[str, Any]) -> int:
+        self.prompts += 1
+        return super().prompt_tokens(route, body)
+
+
+def balances(pool: int, allocation: int | None) -> Any:
+    seen: list[tuple[str, str]] = []
+
+    async def read(org_id: str, user_id: str) -> dict[str, Any]:
+        seen.append((org_id, user_id))
+        return {"pool": {"available": pool},
+                "allocation": {"limit": allocation, "available": allocation if allocation is not None else pool}}
+
+    read.seen = seen  # type: ignore[attr-defined]
+    return read
+
+
+@pytest.mark.parametrize(("pool", "allocation", "code"), [
+    (0, None, "org_pool_exhausted"), (10**9, 5, "user_allocation_exhausted"),
+])
+async def test_a_large_prompt_is_not_counted_when_the_output_alone_cannot_be_paid(
+    policy: PolicyConfig, catalogue: Catalogue, ledger: FakeLedger, pool: int, allocation: int | None, code: str,
+) -> None:
+    counter = CountingCounter()
+    body: dict[str, Any] = {"model": "fake-medium", "messages": [{"role": "user", "content": "w " * 40_000}]}
+    ctx = await admitted(policy, catalogue, body)
+    read = balances(pool, allocation)
+    with pytest.raises(ProxyError) as info:
+        await run(credits_for(ledger, policy, catalogue, counter, balances=read), ctx, answered(Usage(1, 1)))
+    assert (info.value.status, info.value.code) == (402, code)
+    assert counter.prompts == 0 and ledger.holds == [] and read.seen == [("org_a", "usr_1")]
+
+
+async def test_small_prompts_skip_the_balance_read_and_affordable_large_ones_are_held(
+    policy: PolicyConfig, catalogue: Catalogue, ledger: FakeLedger,
+) -> None:
+    counter, read = CountingCounter(), balances(10**9, None)
+    small = await admitted(policy, catalogue, {"model": "fake-medium", "messages": MESSAGES})
+    await run(credits_for(ledger, policy, catalogue, counter, balances=read), small, answered(Usage(1, 1)))
+    assert read.seen == [] and counter.prompts == 1
+    large = await admitted(policy, catalogue, {"model": "fake-medium",
+                                               "messages": [{"role": "user", "content": "w " * 40_000}]})
+    await run(credits_for(ledger, policy, catalogue, counter, balances=read), large, answered(Usage(1, 1)))
+    assert read.seen == [("org_a", "usr_1")] and counter.prompts == 2 and len(ledger.holds) == 2
+
+
+async def test_a_charge_above_its_hold_is_reported_as_overage(
+    policy: PolicyConfig, catalogue: Catalogue, counter: TokenCounter, ledger: FakeLedger,
+) -> None:
+    overages: list[tuple[str, int]] = []
+    ctx = await admitted(policy, catalogue, {"model": "fake-medium", "messages": MESSAGES, "max_tokens": 10})
+    credits = credits_for(ledger, policy, catalogue, counter, on_overage=lambda m, a: overages.append((m, a)))
+    await run(credits, ctx, answered(Usage(10, 100_000)))  # a provider that ignored the cap
+    ((_, _, settlement),) = ledger.settled
+    hold = ledger.holds[0].amount
+    assert overages == [("fake-medium", settlement.charge - hold)] and settlement.charge > hold
