@@ -21,6 +21,7 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 
 from devstack import services
+from devstack.fake_provider import CONTROLS
 
 ROOT = Path(__file__).resolve().parent.parent
 _FORWARDED = (b"content-type", b"authorization", b"accept")
@@ -80,8 +81,14 @@ def gateway_app(upstream: str, chain: str | None, log_level: str) -> Any:
         byok_keys=(), litellm_config=ROOT / "litellm_config.yaml", policy_config=ROOT / "policy.yaml",
         log_level=log_level,
     )
-    # policies=() is the empty chain: without `policies` create_app builds the whole product (PostgreSQL, Redis)
-    return create_app(settings, policies=_load(chain) if chain else ())
+    # the core alone: one policy that forwards the fake provider's controls as the shipped policy file's
+    # forward_params does (RewriteModel's job in the product). Without `policies` create_app builds the whole
+    # product (PostgreSQL, Redis)
+    return create_app(settings, policies=_load(chain) if chain else (_forward_fake_controls,))
+
+
+async def _forward_fake_controls(ctx: Any) -> None:
+    ctx.forward_params = CONTROLS
 
 
 def main() -> None:

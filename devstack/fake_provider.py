@@ -36,6 +36,9 @@ from aiohttp import web
 
 CREATED = 1700000000
 MODELS = ("fake-small", "fake-medium", "fake-large", "gpt-4o-mini", "byok-gpt", "byok-only", "dall-e-3")
+# the body fields that steer it (module doc); the demo policy.yaml forwards them (forward_params)
+CONTROLS = frozenset({"fake_chunks", "fake_delay_ms", "fake_fail_after", "fake_no_usage", "fake_status", "fake_error",
+                      "fake_tag"})
 
 
 def words(value: Any) -> int:

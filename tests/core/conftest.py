@@ -23,15 +23,13 @@ import pytest
 import uvicorn
 
 from devstack import services
+from devstack.fake_provider import CONTROLS
 from proxy.app import create_app
 from proxy.context import RequestContext
 from proxy.settings import Secret, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 _ids = itertools.count(1)
-# the fake provider's body controls (devstack/fake_provider.py), forwarded as the shipped policy.yaml says
-FAKE_CONTROLS = frozenset({"fake_chunks", "fake_delay_ms", "fake_fail_after", "fake_no_usage", "fake_status",
-                           "fake_error", "fake_tag"})
 
 
 def new_request_id() -> str:
@@ -48,7 +46,7 @@ class Probe:
 
     async def __call__(self, ctx: RequestContext) -> None:
         self.seen[ctx.request_id] = ctx
-        ctx.forward_params = FAKE_CONTROLS  # what RewriteModel takes from the policy file's forward_params
+        ctx.forward_params = CONTROLS  # what RewriteModel takes from the policy file's forward_params
         event = self.done.setdefault(ctx.request_id, threading.Event())
         ctx.cleanup.callback(event.set)
         crash = ctx.headers.get("x-test-crash")

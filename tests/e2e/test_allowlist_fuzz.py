@@ -17,13 +17,12 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from devstack import services
+from devstack.fake_provider import CONTROLS
 from proxy.params import CHAT
 from tests.e2e.conftest import Gateway, Member, make_member
 from tests.e2e.test_billing import settled
 from tests.e2e.test_trust_boundary import PROVIDER_KEY, provider_saw
 
-FAKE_CONTROLS = {"fake_chunks", "fake_delay_ms", "fake_fail_after", "fake_no_usage", "fake_status", "fake_error",
-                 "fake_tag"}
 CAP = 4_000  # balanced caps output at 4,000 tokens; fake-medium's own limit is 8,192
 # LiteLLM 1.106.2's per-request parameters (litellm/main.py completion() and its kwargs, all_litellm_params in
 # litellm/types/utils.py, the proxy's litellm_pre_call_utils.py): credentials, endpoints, headers, caps,
@@ -98,7 +97,7 @@ def test_whatever_the_body_only_the_allowlist_reaches_the_provider_under_the_hol
         assert fuzz_member.get(f"/v1/requests/{rid}").status_code == 404
         return
     [sent] = seen
-    extra = set(sent["body"]) - CHAT - FAKE_CONTROLS
+    extra = set(sent["body"]) - CHAT - CONTROLS
     assert not extra, extra
     assert sent["headers"]["authorization"] == f"Bearer {PROVIDER_KEY}"
     assert mark not in orjson.dumps(sent["headers"]).decode()
