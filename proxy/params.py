@@ -69,6 +69,11 @@ PRICED_VALUES: Mapping[str, frozenset[str]] = {
     "service_tier": frozenset({"auto", "default"}),
 }
 CHAT_TOOL_TYPES = frozenset({"function", "custom"})
+# content parts of chat messages: text and images are bounded by the token counter (an image part counts as
+# more than any model bills for one image, proxy/tokens.py); audio and files are billed by rules the
+# catalogue does not know
+CONTENT_PARTS = frozenset({"text", "image_url", "refusal"})
+UNPRICED_PARTS = frozenset({"input_audio", "file", "audio"})
 MODALITIES = frozenset({"text"})
 
 # What LiteLLM 1.106.2 reads as credentials, endpoints, routing, pricing, logging, mocking or caching
@@ -145,6 +150,15 @@ def _check_values(route: str, body: dict[str, Any], extra: Collection[str]) -> N
     modalities = body.get("modalities")
     if modalities is not None and (not isinstance(modalities, list) or not set(modalities) <= MODALITIES):
         raise ProxyError.invalid_value("modalities", "Only text output is priced on this gateway.")
+    messages = body.get("messages")
+    for i, message in enumerate(messages if isinstance(messages, list) else ()):
+        content = message.get("content") if isinstance(message, dict) else None
+        for j, part in enumerate(content if isinstance(content, list) else ()):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind not in CONTENT_PARTS:
+                why = "are not priced on this gateway" if kind in UNPRICED_PARTS else "are not supported"
+                raise ProxyError.invalid_value(f"messages[{i}].content[{j}].type",
+                                               f"Content parts of type {str(kind)[:32]!r} {why}.")
     tools = body.get("tools")
     if tools is not None:
         if not isinstance(tools, list):

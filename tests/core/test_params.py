@@ -50,6 +50,11 @@ def test_openai_parameters_pass_and_credentials_routing_and_logging_are_dropped(
     ("chat/completions", {"tools": {"type": "function"}}, "tools"),
     ("chat/completions", {"stream_options": {"include_usage": True, "nope": 1}}, "stream_options.nope"),
     ("completions", {"messages": []}, "messages"),
+    ("chat/completions", {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "hi"}, {"type": "input_audio", "input_audio": {}}]}]}, "messages[0].content[1].type"),
+    ("chat/completions", {"messages": [{"role": "user", "content": [{"type": "file"}]}]},
+     "messages[0].content[0].type"),
+    ("chat/completions", {"messages": [{"role": "user", "content": ["text"]}]}, "messages[0].content[0].type"),
     ("embeddings", {"n": 2}, "n"),
     ("images/generations", {"partial_images": 2}, "partial_images"),
     ("images/generations", {"max_tokens": 10}, "max_tokens"),
