@@ -16,10 +16,10 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 from policies.model import OUTPUT_CAPS
-from policies.settlement import IMAGES, Record, Settle, requested
+from policies.settlement import IMAGES, Books, Record, Settle, requested
 from proxy import pricing
 from proxy.context import (
     Hold,
@@ -35,7 +35,6 @@ from proxy.tokens import TokenCounter, bound, large_prompt, prompt_count
 
 log = logging.getLogger("creditgate.credits")
 
-T = TypeVar("T")
 Balances = Callable[[str, str], Awaitable[Mapping[str, Any]]]
 """`(org_id, user_id) -> the GET /v1/credits body` (PgLedger.credits): read before tokenizing a large
 prompt, so an org that cannot pay is refused before the expensive work."""
@@ -56,17 +55,16 @@ class ReserveCredits:
         checkpoint_seconds: float | None = None,
     ) -> None:
         self.ledger = ledger
+        self.books = Books(ledger, policy.credits_per_usd, record=record, on_overage=on_overage,
+                           retry_seconds=retry_seconds)
+        self.tariff, self.retry = self.books.tariff, self.books.retry
         self._policy = policy
         self._catalogue = catalogue
         self._counter = counter
-        self.record = record or (lambda outcome, settlement: None)
-        self.on_overage = on_overage or (lambda model, millicredits: None)
         self._balances = balances
-        self._retry_seconds = retry_seconds
         self._checkpoint_seconds = checkpoint_seconds or policy.hold_ttl_seconds / 3
         self._orphans: set[asyncio.Task[None]] = set()
         self._rate_cache: dict[tuple[str, Decimal], tuple[pricing.Rates, pricing.Rates]] = {}
-        self._tariffs: dict[tuple[pricing.Price, Decimal], pricing.Tariff] = {}
 
     async def __call__(self, ctx: RequestContext) -> None:
         key, member = ctx.require_key(), ctx.require_membership()
@@ -102,7 +100,7 @@ class ReserveCredits:
         )
         ctx.hold = await self._reserve(request)
         ctx.response_headers["X-Credits-Held"] = str(ctx.hold.amount)
-        settle = Settle(self, ctx, model, factor)
+        settle = Settle(self.books, ctx, model, factor)
         ctx.settle_now = settle
         ctx.cleanup.push_async_callback(settle)
         # every request, not only streams: a non-stream answer may take longer than the hold's TTL
@@ -129,13 +127,6 @@ class ReserveCredits:
             raise ProxyError.insufficient_credits(
                 "user_allocation_exhausted", f"Your allocation in this organization cannot cover this request (at "
                 f"least {floor} millicredits would be held).")
-
-    def tariff(self, price: pricing.Price, factor: Decimal) -> pricing.Tariff:
-        """The integer tariff of `price` at `factor`, computed once per (price, factor)."""
-        key = (price, factor)
-        if key not in self._tariffs:
-            self._tariffs[key] = pricing.Tariff.of(price, self._policy.credits_per_usd, factor)
-        return self._tariffs[key]
 
     def _rates(self, model: Model, factor: Decimal) -> tuple[pricing.Rates, pricing.Rates]:
         """(charged, list) millicredit rates at the model's highest price; few distinct keys (models x
@@ -200,22 +191,6 @@ class ReserveCredits:
         task = asyncio.ensure_future(work)
         self._orphans.add(task)
         task.add_done_callback(self._orphans.discard)
-
-    async def retry(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Run `call`, retrying an unavailable ledger with backoff for at most `retry_seconds`."""
-        loop = asyncio.get_running_loop()
-        deadline, delay = loop.time() + self._retry_seconds, 0.05
-        while True:
-            try:
-                return await call()
-            except ProxyError as exc:
-                if exc.code != "ledger_unavailable" or loop.time() + delay > deadline:
-                    raise
-            except Exception:
-                if loop.time() + delay > deadline:
-                    raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
 
 
 def _bound_units(ctx: RequestContext) -> tuple[int, int, int]:

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TypeVar
 
-from proxy.context import ESTIMATE, PROVIDER, RequestContext, Settlement, Usage
+from proxy import pricing
+from proxy.context import ESTIMATE, PROVIDER, Ledger, RequestContext, Settlement, Usage
+from proxy.errors import ProxyError
 from proxy.pricing import Model
 
-if TYPE_CHECKING:
-    from policies.credits import ReserveCredits
-
 log = logging.getLogger("creditgate.credits")
+T = TypeVar("T")
 
 Record = Callable[[str, Settlement | None], None]
 """Metrics hook: outcome ("posted" | "late_posted" | "already_settled" | "voided" | "failed") and
@@ -35,11 +35,48 @@ def requested(body: dict[str, object], name: str) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
 
 
+class Books:
+    """What reserving and settling share: the ledger and its retry, the integer tariffs, and the hooks
+    that count outcomes. ReserveCredits owns one and hands it to each request's Settle."""
+
+    def __init__(self, ledger: Ledger, credits_per_usd: Decimal, *, record: Record | None = None,
+                 on_overage: Callable[[str, int], None] | None = None, retry_seconds: float = 15.0) -> None:
+        self.ledger = ledger
+        self.record: Record = record or (lambda outcome, settlement: None)
+        self.on_overage = on_overage or (lambda model, millicredits: None)
+        self._credits_per_usd = credits_per_usd
+        self._retry_seconds = retry_seconds
+        self._tariffs: dict[tuple[pricing.Price, Decimal], pricing.Tariff] = {}
+
+    def tariff(self, price: pricing.Price, factor: Decimal) -> pricing.Tariff:
+        """The integer tariff of `price` at `factor`, computed once per (price, factor)."""
+        key = (price, factor)
+        if key not in self._tariffs:
+            self._tariffs[key] = pricing.Tariff.of(price, self._credits_per_usd, factor)
+        return self._tariffs[key]
+
+    async def retry(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run `call`, retrying an unavailable ledger with backoff for at most `retry_seconds`."""
+        loop = asyncio.get_running_loop()
+        deadline, delay = loop.time() + self._retry_seconds, 0.05
+        while True:
+            try:
+                return await call()
+            except ProxyError as exc:
+                if exc.code != "ledger_unavailable" or loop.time() + delay > deadline:
+                    raise
+            except Exception:
+                if loop.time() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
 class Settle:
     """The settle-or-void step of one request: runs once however many times it is awaited."""
 
-    def __init__(self, owner: ReserveCredits, ctx: RequestContext, model: Model, factor: Decimal) -> None:
-        self._owner, self._ctx, self._model, self._factor = owner, ctx, model, factor
+    def __init__(self, books: Books, ctx: RequestContext, model: Model, factor: Decimal) -> None:
+        self._owner, self._ctx, self._model, self._factor = books, ctx, model, factor
         self._task: asyncio.Task[None] | None = None
 
     async def __call__(self) -> None:
