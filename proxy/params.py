@@ -33,7 +33,7 @@ CHAT = frozenset({
     "max_completion_tokens", "max_tokens", "n", "parallel_tool_calls", "presence_penalty", "prompt_cache_key",
     "reasoning_effort", "response_format", "safety_identifier", "seed", "service_tier", "stop", "store", "stream",
     "stream_options", "temperature", "tool_choice", "tools", "top_logprobs", "top_p", "user", "verbosity",
-    "modalities",
+    "modalities", "prompt_cache_retention",
 })
 # https://platform.openai.com/docs/api-reference/completions/create
 COMPLETIONS = frozenset({
