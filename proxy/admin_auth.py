@@ -1,9 +1,11 @@
 """Who may call an admin route: the operator (the admin token) or an org admin (their own API key).
 
 The operator's actor is "operator"; an org admin's is their `usr_` id. No or unknown credentials are
-401 `invalid_api_key` (a revoked key 401 `revoked_api_key`); a valid caller without the right is 403
-`permission_error`: `operator_only` on the operator's routes, `not_a_member` for another org (or a key
-bound to another org), `admin_required` for a plain member, `suspended` for a suspended admin or org.
+401 `invalid_api_key` (a revoked key 401 `revoked_api_key`), whatever the request carries: nothing of
+it is read or validated before. A valid caller without the right is 403 `permission_error`:
+`operator_only` on the operator's routes, `not_a_member` for another org, an unknown org, or a key bound
+to another org (the same answer, so it says nothing about what exists elsewhere), `admin_required` for
+a plain member, `suspended` for a suspended admin or org.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from proxy.admin_input import path_id
 from proxy.apikeys import hash_key
 from proxy.context import ApiKey, Membership
 from proxy.errors import ProxyError
+from proxy.json_api import check_params
 from proxy.settings import Secret
 
 OPERATOR = "operator"
@@ -47,7 +50,13 @@ class Authorizer:
         self._memberships = memberships
 
     async def caller(self, request: Request) -> Caller:
-        """The authenticated caller (401 otherwise); says nothing yet about what they may do."""
+        """The authenticated caller (401 otherwise); says nothing yet about what they may do. Then the
+        path and query values are checked for control characters (400), before any store sees them."""
+        caller = await self._authenticate(request)
+        check_params(request)
+        return caller
+
+    async def _authenticate(self, request: Request) -> Caller:
         scheme, _, credential = request.headers.get("authorization", "").partition(" ")
         credential = credential.strip()
         if scheme.lower() != "bearer" or not credential:

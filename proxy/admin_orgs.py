@@ -12,8 +12,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy.admin_deps import AdminDeps
-from proxy.admin_input import Body, json_response, listing, page, path_id, query_choice, query_id, query_time
+from proxy.admin_input import Body, path_id
 from proxy.errors import ProxyError
+from proxy.json_api import id_cursor, json_response, listing, page, query_choice, query_id, serial_cursor, time_window
 from proxy.stores import Row
 
 GROUPS = ("user", "model", "day")
@@ -44,7 +45,7 @@ class OrgRoutes:
 
     async def list_all(self, request: Request) -> Response:
         await self.d.auth.operator(request)
-        limit, after = page(request)
+        limit, after = page(request.query_params, id_cursor("org"))
         rows, has_more = await self.d.directory.list_orgs(limit, after)
         return listing(rows, has_more)
 
@@ -97,13 +98,13 @@ class OrgRoutes:
         return json_response(result)
 
     async def usage(self, request: Request) -> Response:
-        """Usage totals, `group_by` user|model|day, optionally one `user_id`, within [start, end)."""
+        """Usage totals, `group_by` user|model|day, optionally one `user_id`, within [start, end) (an
+        empty or reversed window is 400 naming `end`, as on the caller's /v1/usage)."""
         _, org_id = await self.d.auth.org_admin(request)
-        group_by = query_choice(request, "group_by", GROUPS, "model")
-        user_id = query_id(request, "user_id", "usr")
-        start, end = query_time(request, "start"), query_time(request, "end")
-        if start is not None and end is not None and end <= start:
-            raise ProxyError.invalid_value("end", "'end' must be after 'start'.")
+        params = request.query_params
+        group_by = query_choice(params, "group_by", GROUPS, "model")
+        user_id = query_id(params, "user_id", "usr")
+        start, end = time_window(params)
         await self._existing(org_id)
         rows = await self.d.ledger.usage(org_id, group_by=group_by, user_id=user_id, start=start, end=end)
         return listing(list(rows), False)
@@ -117,16 +118,16 @@ class OrgRoutes:
             await self._existing(org_id)
         else:
             await self.d.auth.operator(request)
-            org_id = query_id(request, "org_id", "org")
-        limit, after = page(request)
+            org_id = query_id(request.query_params, "org_id", "org")
+        limit, after = page(request.query_params, serial_cursor)
         rows, has_more = await self.d.directory.list_audit(org_id, limit, after)
         return listing(rows, has_more)
 
     async def ledger(self, request: Request) -> Response:
         """The org's journal, newest first, optionally one member's entries (`user_id`)."""
         _, org_id = await self.d.auth.org_admin(request)
-        user_id = query_id(request, "user_id", "usr")
-        limit, after = page(request)
+        user_id = query_id(request.query_params, "user_id", "usr")
+        limit, after = page(request.query_params, serial_cursor)
         await self._existing(org_id)
         rows, has_more = await self.d.ledger.entries(org_id, user_id=user_id, limit=limit, after=after)
         return listing(list(rows), has_more)

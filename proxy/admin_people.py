@@ -1,9 +1,13 @@
 """Admin routes of people and their keys: users, memberships, API keys.
 
-Users are the operator's. Org admins manage their own org's members and the keys bound to their
-org; keys not bound to an org reach every org of their user, so only the operator creates, lists
-across orgs, or revokes those. A created key is in the creating response only; listings show its
-prefix. A revocation is broadcast through `on_revoke` (the key's hash) so every replica drops it.
+Users are the operator's, and so are adding a user to an org, a member's `default` org and lifting a
+suspension the operator set (CONTRACT.md, "Operator's admin API"). Org admins change existing members
+of their own org (they may suspend them) and manage keys bound to their org for those members; keys not
+bound to an org reach every org of their user, so only the operator creates, lists across orgs, or
+revokes those. An org admin never learns whether an id exists outside their org: an unknown user and
+someone else's user are the same 404 `member_not_found`, an unknown key and another org's key the same
+403 `not_a_member`. A created key is in the creating response only; listings show its prefix. A
+revocation is broadcast through `on_revoke` (the key's hash) so every replica drops it.
 """
 
 from __future__ import annotations
@@ -15,14 +19,19 @@ from starlette.responses import Response
 
 from proxy.admin_auth import Caller
 from proxy.admin_deps import AdminDeps
-from proxy.admin_input import Body, json_response, listing, page, path_id, query_id
+from proxy.admin_input import Body, email_or_none, path_id
 from proxy.errors import ProxyError
+from proxy.json_api import id_cursor, json_response, listing, page, query_id
 from proxy.stores import Row
 
 log = logging.getLogger(__name__)
 ROLES = ("member", "admin")
 PERIODS = ("none", "day", "week", "month")
 MEMBER_FIELDS = ("role", "allocation_millicredits", "allocation_period", "default", "power_level", "suspended")
+
+
+def member_not_found() -> ProxyError:
+    return ProxyError.not_found("member_not_found", "That user is not a member of this organization.")
 
 
 class PeopleRoutes:
@@ -40,15 +49,16 @@ class PeopleRoutes:
 
     async def list_users(self, request: Request) -> Response:
         await self.d.auth.operator(request)
-        limit, after = page(request)
-        email = request.query_params.get("email")
-        rows, has_more = await self.d.directory.list_users(limit, after, email.strip().lower() if email else None)
+        limit, after = page(request.query_params, id_cursor("usr"))
+        email = email_or_none(request.query_params.get("email"))
+        rows, has_more = await self.d.directory.list_users(limit, after, email)
         return listing(rows, has_more)
 
     # ------------------------------------------------------------------ members
 
     async def put_member(self, request: Request) -> Response:
-        """Upserts the membership; only the fields sent change an existing one."""
+        """The operator upserts the membership; an org admin changes an existing member of their org.
+        Only the fields sent change an existing one."""
         caller, org_id = await self.d.auth.org_admin(request)
         user_id = path_id(request, "user", "usr")
         body = await Body.read(request, MEMBER_FIELDS)
@@ -63,13 +73,17 @@ class PeopleRoutes:
         # null keeps the current value, except where null is a value (unlimited, no default level)
         nullable = ("allocation_millicredits", "power_level")
         fields = {k: v for k, v in values.items() if body.has(k) and (v is not None or k in nullable)}
-        return json_response(await self.d.directory.put_member(org_id, user_id, fields, caller.actor))
+        if caller.is_operator:
+            return json_response(await self.d.directory.put_member(org_id, user_id, fields, caller.actor))
+        if body.has("default"):  # refused before the member is looked up: the answer says nothing about them
+            raise ProxyError.permission("operator_only", "Only the operator sets a member's default organization.")
+        return json_response(await self.d.directory.update_member(org_id, user_id, fields, caller.actor))
 
     async def delete_member(self, request: Request) -> Response:
         caller, org_id = await self.d.auth.org_admin(request)
         user_id = path_id(request, "user", "usr")
         if not await self.d.directory.delete_member(org_id, user_id, caller.actor):
-            raise ProxyError.not_found("member_not_found", "That user is not a member of this organization.")
+            raise member_not_found()
         return json_response({"org_id": org_id, "user_id": user_id, "deleted": True})
 
     # ------------------------------------------------------------------ API keys
@@ -90,33 +104,58 @@ class PeopleRoutes:
         await self.d.auth.admin_of(caller, org_id)
 
     async def create_key(self, request: Request) -> Response:
+        """A key for `user_id`, bound to `org_id` if given. An org admin's key is always bound to their
+        org (implied by their own bound key) and only for a member of it."""
         caller = await self.d.auth.caller(request)
+        if caller.key is not None and caller.key.bound_org_id is not None:
+            await self.d.auth.admin_of(caller, caller.key.bound_org_id)  # a plain member's body is not read
         body = await Body.read(request, ("user_id", "org_id", "name"))
         user_id = body.ident("user_id", "usr")
         org_id = self._implied_org(caller, body.ident_or_none("org_id", "org"))
         name = body.text("name", required=False)
         await self._key_org(caller, org_id)
-        return json_response(await self.d.directory.create_key(user_id, org_id, name, caller.actor), 201)
+        if not caller.is_operator and user_id != caller.actor:
+            await self._not_another_admin(user_id, org_id)
+        try:
+            created = await self.d.directory.create_key(user_id, org_id, name, caller.actor)
+        except ProxyError as exc:
+            if caller.is_operator or exc.code not in ("user_not_found", "org_not_found", "not_a_member"):
+                raise
+            raise member_not_found() from None  # unknown user or someone else's: one answer
+        return json_response(created, 201)
+
+    async def _not_another_admin(self, user_id: str, org_id: str | None) -> None:
+        """An org admin mints keys for themselves and for plain members: a key for another admin would let
+        them act, and be audited, as that admin. Outsiders get the one answer an unknown id gets."""
+        member = next((m for m in await self.d.directory.memberships(user_id) if m.org_id == org_id), None)
+        if member is None:
+            raise member_not_found()
+        if member.role == "admin":
+            raise ProxyError.permission("operator_only", "Only the operator may create a key for another admin.")
 
     async def list_keys(self, request: Request) -> Response:
         """Keys (prefix only), by `user_id` and/or `org_id`; an org admin sees their org's only."""
         caller = await self.d.auth.caller(request)
-        user_id = query_id(request, "user_id", "usr")
-        org_id = self._implied_org(caller, query_id(request, "org_id", "org"))
+        user_id = query_id(request.query_params, "user_id", "usr")
+        org_id = self._implied_org(caller, query_id(request.query_params, "org_id", "org"))
         await self._key_org(caller, org_id)
-        limit, after = page(request)
+        limit, after = page(request.query_params, id_cursor("key"))
         rows, has_more = await self.d.directory.list_keys(user_id, org_id, limit, after)
         return listing(rows, has_more)
 
     async def revoke_key(self, request: Request) -> Response:
+        """The operator revokes any key; an org admin, through a key bound to their org, a key bound to
+        that org. Anything else is the same 403 whether the key exists or not."""
         caller = await self.d.auth.caller(request)
         key_id = path_id(request, "key", "key")
-        key = await self.d.directory.get_key(key_id)
-        if key is None:
-            if not caller.is_operator:  # an org admin learns nothing about keys outside their org
+        if not caller.is_operator:
+            org_id = self._implied_org(caller, None)
+            await self._key_org(caller, org_id)  # no org implied: operator_only, before the key is looked up
+            key = await self.d.directory.get_key(key_id)
+            if key is None or key["org_id"] != org_id:  # an org admin learns nothing about other keys
                 raise ProxyError.permission("not_a_member", "That key is not in an organization you administer.")
+        elif await self.d.directory.get_key(key_id) is None:
             raise ProxyError.not_found("key_not_found", "Unknown API key.")
-        await self._key_org(caller, key["org_id"])
         key_hash = await self.d.directory.revoke_key(key_id, caller.actor)
         if key_hash is None:  # pragma: no cover - keys are never deleted
             raise ProxyError.not_found("key_not_found", "Unknown API key.")

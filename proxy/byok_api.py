@@ -1,7 +1,8 @@
 """The BYOK key endpoints: store (encrypted), list (masked), delete, toggle, test, usage.
 
 `scope` is "user" (the caller's own key in the active org, the default) or "org" (the org's key,
-org admins only: 403 otherwise). A member's enabled key beats the org's. The key itself never
+org admins only: 403 otherwise; each change of it is an admin action, audited with its actor). A
+member's enabled key beats the org's. The key itself never
 leaves this module except encrypted to the directory and, for a test, to LiteLLM as the body's
 top-level `api_key` (litellm.md §3); answers show only a mask of its last four characters.
 """
@@ -16,19 +17,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from proxy.caller_common import (
-    SCOPES,
-    Identify,
-    both,
-    json_response,
-    membership,
-    read_object,
-    require_scope,
-    scope_of,
-)
+from proxy.caller_common import SCOPES, Identify, both, membership, require_scope, scope_of
 from proxy.context import Directory, Membership
 from proxy.crypto import KeyBox, UndecryptableKey, last4, mask
 from proxy.errors import ProxyError
+from proxy.json_api import json_response, read_object
 from proxy.models_api import providers_of
 from proxy.pricing import Catalogue
 from proxy.settings import Secret
@@ -109,6 +102,7 @@ def byok_routes(
             member.org_id, scope, owner_of(member, scope), provider, keybox.encrypt(key), last4(key)
         )
         log.info("byok key stored", extra={"org_id": member.org_id, "provider": provider, "scope": scope})
+        await audited(member, scope, "byok.put", provider)
         return json_response(key_view(row), status=201)
 
     async def list_keys(request: Request) -> Response:
@@ -127,6 +121,7 @@ def byok_routes(
         if not await directory.delete_provider_key(member.org_id, scope, owner_of(member, scope), provider):
             raise not_stored(provider, scope)
         log.info("byok key deleted", extra={"org_id": member.org_id, "provider": provider, "scope": scope})
+        await audited(member, scope, "byok.delete", provider)
         return json_response({"provider": provider, "scope": scope, "deleted": True})
 
     async def toggle_key(request: Request) -> Response:
@@ -141,6 +136,7 @@ def byok_routes(
         )
         if row is None:
             raise not_stored(provider, scope)
+        await audited(member, scope, "byok.toggle", provider, enabled=body["enabled"])
         return json_response(key_view(row))
 
     async def test_key(request: Request) -> Response:
@@ -164,6 +160,12 @@ def byok_routes(
         member, scope, provider = await target(request)
         row = await ledger.provider_usage(member.org_id, member.user_id if scope == "user" else None, provider)
         return json_response({"provider": provider, "scope": scope, **row})
+
+    async def audited(member: Membership, scope: str, action: str, provider: str, **detail: object) -> None:
+        """The org's key is the org admin's to change: recorded in the org's audit log (a member's own
+        key is theirs alone)."""
+        if scope == "org":
+            await directory.audit(member.user_id, action, member.org_id, provider, {"scope": scope, **detail})
 
     async def target(request: Request) -> tuple[Membership, str, str]:
         member = membership(await identify(request))

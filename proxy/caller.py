@@ -8,14 +8,17 @@ so it acts for the API key's user in the active org; errors are `ProxyError`s th
 
 from __future__ import annotations
 
+import re
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from proxy.byok_api import ByokDirectory, Probe, byok_routes
-from proxy.caller_common import Identify, both, json_response, membership, query_choice, query_limit, query_time
+from proxy.caller_common import Identify, both, checked, membership
 from proxy.crypto import KeyBox
 from proxy.errors import ProxyError
+from proxy.json_api import json_response, page, query_choice, serial_cursor, time_window
 from proxy.models_api import model_routes
 from proxy.policy_config import PolicyConfig
 from proxy.pricing import Catalogue
@@ -23,6 +26,8 @@ from proxy.stores import LedgerAdmin
 
 USAGE_GROUPS = ("model", "day")
 MAX_REQUEST_ID = 64
+# the ids the gateway records: a client's safe X-Request-Id or a generated req_ (proxy/headers.py)
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 # GET /v1/requests/{id} shows exactly these (CONTRACT.md); the ledger's row also carries user_id
 REQUEST_FIELDS = (
     "request_id",
@@ -52,7 +57,8 @@ def caller_routes(
     """All caller routes. `catalogue` and `policy` say which models exist and which tiers may use
     them, `keybox` seals BYOK keys, `probe(model, key)` is the one-token test call to LiteLLM
     (proxy/caller_probe.py), `created` the `created` stamp of model objects (when the model list was
-    loaded)."""
+    loaded). Every route authenticates first, then checks its path and query values."""
+    identify = checked(identify)
     return [
         *credit_routes(identify=identify, ledger=ledger),
         *model_routes(identify=identify, directory=directory, catalogue=catalogue, policy=policy, created=created),
@@ -70,7 +76,7 @@ def credit_routes(*, identify: Identify, ledger: LedgerAdmin) -> list[BaseRoute]
 
     async def history(request: Request) -> Response:
         member = membership(await identify(request))
-        limit, after = query_limit(request.query_params)
+        limit, after = page(request.query_params, serial_cursor)
         rows, has_more = await ledger.entries(member.org_id, user_id=member.user_id, limit=limit, after=after)
         return json_response({"data": list(rows), "has_more": has_more})
 
@@ -78,9 +84,7 @@ def credit_routes(*, identify: Identify, ledger: LedgerAdmin) -> list[BaseRoute]
         member = membership(await identify(request))
         params = request.query_params
         group_by = query_choice(params, "group_by", USAGE_GROUPS, "model")
-        start, end = query_time(params, "start"), query_time(params, "end")
-        if start is not None and end is not None and start > end:
-            raise ProxyError.invalid_value("start", "'start' must not be after 'end'.")
+        start, end = time_window(params)
         rows = await ledger.usage(member.org_id, group_by=group_by, user_id=member.user_id, start=start, end=end)
         return json_response({"data": list(rows), "has_more": False})
 
@@ -88,7 +92,7 @@ def credit_routes(*, identify: Identify, ledger: LedgerAdmin) -> list[BaseRoute]
         member = membership(await identify(request))
         request_id: str = request.path_params["request_id"]
         row = None
-        if 0 < len(request_id) <= MAX_REQUEST_ID:
+        if _REQUEST_ID.fullmatch(request_id):  # no other id was ever recorded: not worth a query
             row = await ledger.request(member.org_id, request_id)
         # members see their own requests, org admins their org's; anything else looks absent
         if row is None or (row.get("user_id") != member.user_id and member.role != "admin"):

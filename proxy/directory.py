@@ -21,6 +21,7 @@ from proxy.apikeys import generate_key
 from proxy.context import ApiKey, Membership, StoredProviderKey
 from proxy.errors import ProxyError
 from proxy.ids import new_id
+from proxy.json_api import parse_serial_cursor
 from proxy.stores import Row
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,14 @@ _NOT_FOUND = {
     "api_keys_org_id_fkey": ("org_not_found", "Unknown organization."),
     "provider_keys_org_id_fkey": ("org_not_found", "Unknown organization."),
 }
+# update_member's refusals (proxy/migrations/0004_admin_lanes.sql): sqlstate, message -> what a caller sees
+_REFUSED = {
+    ("CG403", "operator_only"): (403, "operator_only", "Only the operator sets a member's default organization."),
+    ("CG403", "suspension_is_operators"): (403, "operator_only",
+                                           "Only the operator may lift a suspension the operator set."),
+    ("CG403", "admin_required"): (403, "admin_required", "Only an admin of this organization may do this."),
+    ("CG404", "member_not_found"): (404, "member_not_found", "That user is not a member of this organization."),
+}
 _CONFLICT = {
     "users_email_key": ("email_taken", "A user with this email already exists."),
     "memberships_one_default": ("default_conflict", "The user's default organization changed concurrently."),
@@ -62,6 +71,11 @@ def _translate(exc: BaseException) -> BaseException:
         return ProxyError(409, "conflict_error", code, message)
     if isinstance(exc, asyncpg.CheckViolationError):
         return ProxyError.invalid_value(None, f"A value violates the constraint {exc.constraint_name}.")
+    refused = _REFUSED.get((getattr(exc, "sqlstate", None) or "", str(exc)))
+    if refused is not None:
+        status, code, message = refused
+        kind = "permission_error" if status == 403 else "not_found_error"
+        return ProxyError(status, kind, code, message)
     if isinstance(exc, _UNAVAILABLE):
         log.warning("directory unavailable: %s", type(exc).__name__)
         return ProxyError.ledger_unavailable()
@@ -149,9 +163,18 @@ class PgDirectory:
     # ------------------------------------------------------------------ memberships
 
     async def put_member(self, org_id: str, user_id: str, fields: Row, actor: str) -> Row:
-        """Upserts; only the given fields (role, allocation_millicredits, allocation_period, default,
-        power_level, suspended) change an existing membership. 404 for an unknown org or user."""
+        """The operator's lane. Upserts; only the given fields (role, allocation_millicredits,
+        allocation_period, default, power_level, suspended) change an existing membership; `default`
+        clears the user's default elsewhere, audited in each org it changed. 404 for an unknown org or
+        user."""
         return await self._one(sql.PUT_MEMBER, org_id, user_id, orjson.dumps(fields).decode(), actor)
+
+    async def update_member(self, org_id: str, user_id: str, fields: Row, actor: str) -> Row:
+        """An org admin's lane (`actor` is their usr_ id): changes an existing member of `org_id` only.
+        404 `member_not_found` when the user is not a member (whether or not they exist); 403
+        `operator_only` for `default` or for lifting a suspension the operator set; 403
+        `admin_required` when the actor is no longer an unsuspended admin of the org."""
+        return await self._one(sql.UPDATE_MEMBER, org_id, user_id, orjson.dumps(fields).decode(), actor)
 
     async def delete_member(self, org_id: str, user_id: str, actor: str) -> bool:
         """Removes the membership (usage and ledger rows keep their ids); False if there was none."""
@@ -195,10 +218,12 @@ class PgDirectory:
         await self._fetch(sql.AUDIT, actor, action, org_id, target, orjson.dumps(detail, default=str).decode())
 
     async def list_audit(self, org_id: str | None, limit: int, after: str | None) -> tuple[Sequence[Row], bool]:
-        """Admin actions, newest first, optionally of one org; `after` is the last row's "id"."""
-        cursor = int(after) if after is not None and after.isdigit() else None
+        """Admin actions, newest first, optionally of one org; `after` is the last row's "id" (anything
+        else is 400 invalid_value, never silently the first page)."""
+        cursor = parse_serial_cursor(after)
         rows, has_more = _page(await self._fetch(sql.LIST_AUDIT, org_id, cursor, limit + 1), limit)
         for row in rows:
+            row["id"] = str(row["id"])
             row["detail"] = orjson.loads(row["detail"])
         return rows, has_more
 

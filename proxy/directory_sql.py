@@ -51,7 +51,8 @@ SELECT {ORG}, coalesce((
                   'user_id', m.user_id, 'email', u.email, 'name', u.name, 'role', m.role,
                   'allocation_millicredits', m.allocation_millicredits, 'allocation_period', m.allocation_period,
                   'default', m.is_default, 'power_level', m.power_level, 'suspended', m.suspended,
-                  'created_at', m.created_at, 'updated_at', m.updated_at) ORDER BY m.user_id)
+                  'suspended_by', m.suspended_by, 'created_at', m.created_at, 'updated_at', m.updated_at)
+                  ORDER BY m.user_id)
            FROM creditgate.memberships m JOIN creditgate.users u ON u.id = m.user_id
           WHERE m.org_id = o.id), '[]') AS members
   FROM creditgate.orgs o WHERE o.id = $1
@@ -79,11 +80,14 @@ SELECT {USER} FROM creditgate.users u
  ORDER BY u.id LIMIT $2
 """
 
-PUT_MEMBER = """
-SELECT org_id, user_id, role, allocation_millicredits, allocation_period, is_default AS "default",
-       power_level, suspended, created_at, updated_at
-  FROM creditgate.put_member($1, $2, $3::jsonb, $4)
-"""
+MEMBER = """org_id, user_id, role, allocation_millicredits, allocation_period, is_default AS "default",
+       power_level, suspended, suspended_by, created_at, updated_at"""
+
+# the operator's lane: upsert, may set the default org and lift any suspension
+PUT_MEMBER = f"SELECT {MEMBER} FROM creditgate.put_member($1, $2, $3::jsonb, $4)"
+
+# an org admin's lane: an existing member of their org only (proxy/migrations/0004_admin_lanes.sql)
+UPDATE_MEMBER = f"SELECT {MEMBER} FROM creditgate.update_member($1, $2, $3::jsonb, $4)"
 
 DELETE_MEMBER = """
 WITH d AS (DELETE FROM creditgate.memberships WHERE org_id = $1 AND user_id = $2 RETURNING org_id, user_id, role),
@@ -127,12 +131,13 @@ WITH k AS (UPDATE creditgate.api_keys SET revoked_at = coalesce(revoked_at, now(
 SELECT key_hash FROM k
 """
 
-# newest first; the cursor is the last row's id (a decimal string)
+# newest first by the bigint id; the cursor is the last row's id as decimal text. (Selecting
+# `id::text AS id` made ORDER BY id sort the text, while the cursor compared numbers: issue 7.)
 LIST_AUDIT = """
-SELECT id::text AS id, actor, action, org_id, target, detail::text AS detail, created_at
-  FROM creditgate.admin_audit
- WHERE ($1::text IS NULL OR org_id = $1) AND ($2::bigint IS NULL OR id < $2)
- ORDER BY id DESC LIMIT $3
+SELECT a.id, a.actor, a.action, a.org_id, a.target, a.detail::text AS detail, a.created_at
+  FROM creditgate.admin_audit a
+ WHERE ($1::text IS NULL OR a.org_id = $1) AND ($2::bigint IS NULL OR a.id < $2)
+ ORDER BY a.id DESC LIMIT $3
 """
 
 AUDIT = """

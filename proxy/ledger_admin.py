@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 
 from proxy.errors import ProxyError
+from proxy.json_api import parse_serial_cursor
 from proxy.ledger_batch import UNAVAILABLE
 
 Row = dict[str, Any]
@@ -124,8 +125,9 @@ class LedgerQueries:
 
     async def entries(self, org_id: str, *, user_id: str | None, limit: int, after: str | None
                       ) -> tuple[Sequence[Row], bool]:
-        """Journal entries, newest first; `after` is the last row's "id"."""
-        cursor = int(after) if after and after.isdigit() else None
+        """Journal entries, newest first; `after` is the last row's "id" (anything else is 400
+        invalid_value: `after=abc` used to be ignored and answer the first page again)."""
+        cursor = parse_serial_cursor(after)
         rows = await self._fetch(
             """SELECT * FROM creditgate.journal WHERE org_id = $1 AND ($2::text IS NULL OR user_id = $2)
                   AND ($3::bigint IS NULL OR id < $3) ORDER BY id DESC LIMIT $4""",

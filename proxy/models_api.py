@@ -14,9 +14,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from proxy.caller_common import Identify, both, json_response, membership
+from proxy.caller_common import Identify, both, membership
 from proxy.context import Membership
 from proxy.errors import ProxyError
+from proxy.json_api import json_response
 from proxy.policy_config import PolicyConfig
 from proxy.pricing import Catalogue, Model
 from proxy.stores import DirectoryAdmin

@@ -2,7 +2,8 @@
 
 `PgLedger` (proxy/ledger.py) and `PgDirectory` (proxy/directory.py) implement these; routes depend
 only on the protocols. Amounts are integer millicredits; times are aware UTC datetimes; listings
-return (rows, has_more) with `after` an opaque cursor from the last row's "id"/"cursor" field.
+return (rows, has_more) with `after` an opaque cursor from the last row's "id" field; a cursor the
+store cannot have produced is 400 `invalid_value` (param "after"), never silently the first page.
 """
 
 from __future__ import annotations
@@ -73,7 +74,14 @@ class DirectoryAdmin(Protocol):
 
     async def list_users(self, limit: int, after: str | None) -> tuple[Sequence[Row], bool]: ...
 
-    async def put_member(self, org_id: str, user_id: str, fields: Row, actor: str) -> Row: ...
+    async def put_member(self, org_id: str, user_id: str, fields: Row, actor: str) -> Row:
+        """The operator's lane: upsert a membership (may set the default org, lift any suspension)."""
+        ...
+
+    async def update_member(self, org_id: str, user_id: str, fields: Row, actor: str) -> Row:
+        """An org admin's lane: change an existing member of `org_id` only (no `default`, no lifting
+        the operator's suspension); 404 `member_not_found` for anyone else."""
+        ...
 
     async def delete_member(self, org_id: str, user_id: str, actor: str) -> bool: ...
 
@@ -87,6 +95,10 @@ class DirectoryAdmin(Protocol):
 
     async def revoke_key(self, key_id: str, actor: str) -> str | None:
         """Marks the key revoked; returns its hash (to broadcast the revocation) or None if unknown."""
+        ...
+
+    async def audit(self, actor: str, action: str, org_id: str | None, target: str | None, detail: Row) -> None:
+        """Records an admin action (with who did it) that its store did not record itself."""
         ...
 
     async def put_provider_key(

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from devstack import services
+from proxy.migrate import discover
 
 CLI = [sys.executable, "-m", "proxy.cli"]
 
@@ -22,7 +23,9 @@ def test_migrate_is_idempotent_and_verify_passes_on_a_fresh_ledger(fresh_db: str
     env = {"CREDITGATE_DATABASE_URL": fresh_db}
     first, second = run("migrate", env=env), run("migrate", env=env)
     assert (first.returncode, second.returncode) == (0, 0)
-    assert first.stdout.startswith("applied 3 migration(s): 0001_directory.sql, 0002_ledger.sql")
+    names = [m.name for m in discover()]
+    assert first.stdout.strip() == f"applied {len(names)} migration(s): {', '.join(names)}"
+    assert names[:3] == ["0001_directory.sql", "0002_ledger.sql", "0003_admin.sql"]
     assert second.stdout.strip() == "applied 0 migration(s)"
     verified = run("verify", env=env)
     assert (verified.returncode, verified.stdout.strip()) == (0, "verify: all ledger invariants hold")

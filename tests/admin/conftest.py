@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +25,7 @@ from proxy.settings import Secret
 from proxy.stores import LedgerAdmin
 
 from .fakes import FakeLedger
+from .world import World, open_world, seed
 
 
 @pytest.fixture
@@ -44,6 +47,7 @@ OPERATOR = {"authorization": f"Bearer {TOKEN}"}
 TIERS = ("free", "starter", "professional", "enterprise")
 POWER_LEVELS = ("eco", "balanced", "precision")
 _shared = itertools.count(1)
+_lanes = itertools.count(1)
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -144,3 +148,44 @@ async def admin(pool: asyncpg.Pool, directory: PgDirectory, fake_ledger: FakeLed
     app = build_app(directory, fake_ledger, revoked)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://admin.test") as http:
         yield Admin(http, directory, fake_ledger, pool, revoked)
+
+
+@pytest.fixture(scope="session")
+def lanes_template(pg: services.Service) -> str:
+    """The two-org world of tests/admin/world.py, seeded once; tests work on copies of it."""
+    services.create_database(pg.url, "lanes_template")
+    asyncio.run(seed(pg.url.rsplit("/", 1)[0] + "/lanes_template"))
+    return "lanes_template"
+
+
+@asynccontextmanager
+async def lanes_copy(pg: services.Service, template: str) -> AsyncIterator[str]:
+    """A fresh copy of `template` (its DSN), dropped afterwards."""
+    name = f"lanes_{next(_lanes)}"
+    conn = await asyncpg.connect(pg.url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    finally:
+        await conn.close()
+    try:
+        yield pg.url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        conn = await asyncpg.connect(pg.url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+@pytest.fixture
+async def world(pg: services.Service, lanes_template: str) -> AsyncIterator[World]:
+    """The real app over a fresh copy of the two-org world."""
+    async with lanes_copy(pg, lanes_template) as dsn, open_world(dsn) as opened:
+        yield opened
+
+
+@pytest.fixture(scope="module")
+async def shared_world(pg: services.Service, lanes_template: str) -> AsyncIterator[World]:
+    """One copy for a module whose tests change nothing (they assert so)."""
+    async with lanes_copy(pg, lanes_template) as dsn, open_world(dsn) as opened:
+        yield opened

@@ -30,7 +30,7 @@ class FakeLedger:
             if (previous["kind"], previous["amount_millicredits"], previous["reason"]) != (kind, amount, reason):
                 raise ProxyError(409, "conflict_error", "idempotency_key_reused", "Key reused with other fields.")
             return previous
-        entry = {"id": f"e{len(self.journal) + 1:04d}", "kind": kind, "org_id": org_id, "amount_millicredits": amount,
+        entry = {"id": str(len(self.journal) + 1), "kind": kind, "org_id": org_id, "amount_millicredits": amount,
                  "reason": reason, "idempotency_key": key, "actor": actor, **extra}
         self.journal.append(entry)
         self.by_key[(org_id, key)] = entry
@@ -61,7 +61,8 @@ class FakeLedger:
         self, org_id: str, *, user_id: str | None, limit: int, after: str | None
     ) -> tuple[Sequence[Row], bool]:
         self.calls.append(("entries", (org_id, user_id, limit, after)))
-        rows = [e for e in reversed(self.journal) if e["org_id"] == org_id and (after is None or e["id"] < after)]
+        rows = [e for e in reversed(self.journal)
+                if e["org_id"] == org_id and (after is None or int(e["id"]) < int(after))]
         return rows[:limit], len(rows) > limit
 
     async def usage(

@@ -36,6 +36,10 @@ async def test_org_admin_manages_their_own_org(admin: Admin) -> None:
     shown = await admin.call("GET", f"/admin/orgs/{org}", headers=auth)
     assert shown.status_code == 200 and shown.json()["id"] == org
     ann = await admin.user("ann@acme.test")
+    # adding a user to the org is the operator's (CONTRACT.md); changing an existing member is theirs
+    adding = await admin.call("PUT", f"/admin/orgs/{org}/members/{ann}", {"allocation_millicredits": 7}, headers=auth)
+    assert error(adding) == (404, "not_found_error", "member_not_found")
+    await admin.member(org, ann)
     put = await admin.call("PUT", f"/admin/orgs/{org}/members/{ann}", {"allocation_millicredits": 7}, headers=auth)
     assert put.status_code == 200 and put.json()["allocation_millicredits"] == 7
     created = await admin.call("POST", "/admin/keys", {"user_id": ann}, headers=auth)  # bound: org implied

@@ -4,7 +4,7 @@ test, usage; scopes and who may use them; bad input; the key never shows in answ
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -41,8 +41,13 @@ async def stored_rows(caller: Caller) -> list[dict[str, Any]]:
 
 def view(row: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"provider": row["provider"], "scope": row["scope"], "masked_key": f"****{row['last4']}",
-            "enabled": row["enabled"], "created_at": row["created_at"].isoformat(),
-            "updated_at": row["updated_at"].isoformat(), **extra}
+            "enabled": row["enabled"], "created_at": utc_z(row["created_at"]),
+            "updated_at": utc_z(row["updated_at"]), **extra}
+
+
+def utc_z(value: datetime) -> str:
+    """How the shared JSON layer writes a time: RFC 3339 in UTC with "Z"."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 async def test_storing_a_key_seals_it_and_answers_only_a_mask(caller: Caller) -> None:
