@@ -7,8 +7,9 @@ mistake. Every number that may be fractional is a `Decimal` built from its YAML 
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -38,6 +39,30 @@ _DecimalLoader.add_constructor("tag:yaml.org,2002:float", _construct_decimal)
 def decimal_yaml_load(text: str) -> Any:
     """Parse YAML with floats as exact `Decimal`s (ints stay ints)."""
     return yaml.load(text, Loader=_DecimalLoader)  # a SafeLoader subclass: no arbitrary objects
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """`decimal_yaml_load`, with a syntax error as one `ConfigError` line naming the file, the line and
+    the column (1-based, as editors count)."""
+    try:
+        return decimal_yaml_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise ConfigError(f"{source}: not valid YAML: {where}{exc.problem or exc.context}") from None
+    except (yaml.YAMLError, InvalidOperation) as exc:
+        raise ConfigError(f"{source}: not valid YAML: {str(exc).splitlines()[0]}") from None
+
+
+def unknown_keys(raw: Mapping[str, Any], known: Collection[str], where: str, problems: list[str]) -> None:
+    """One problem per key of `raw` not in `known`, naming the nearest valid key when one is close: a
+    misspelt key must never silently leave a setting at its default."""
+    for key in raw:
+        if key in known:
+            continue
+        near = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.6)
+        hint = f" (did you mean {near[0]!r}?)" if near else f" (expected one of {', '.join(sorted(known))})"
+        problems.append(f"{where}{key!r} is not a known setting{hint}")
 
 
 def as_decimal(value: object) -> Decimal | None:
@@ -129,10 +154,7 @@ def load_policy(path: Path) -> PolicyConfig:
 
 
 def parse_policy(text: str, *, source: str = "policy file") -> PolicyConfig:
-    try:
-        raw = decimal_yaml_load(text)
-    except (yaml.YAMLError, InvalidOperation) as exc:
-        raise ConfigError(f"{source}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    raw = load_yaml(text, source)
     problems: list[str] = []
     config = _build(raw if isinstance(raw, Mapping) else {}, problems)
     if not isinstance(raw, Mapping):
@@ -171,7 +193,14 @@ def _names(raw: Mapping[str, Any], where: str, problems: list[str]) -> tuple[str
     return tuple(models)
 
 
+_TOP = ("credits_per_usd", "hold_ttl_seconds", "sweep_interval_seconds", "default_power_level", "power_levels",
+        "tiers", "forward_params")
+_LEVEL = ("multiplier", "max_tokens", "models")
+_TIER = ("markup", "models", "rpm", "tpm")
+
+
 def _build(raw: Mapping[str, Any], problems: list[str]) -> PolicyConfig | None:
+    unknown_keys(raw, _TOP, "", problems)
     credits_per_usd = _number(raw, "credits_per_usd", "", problems, minimum=Decimal("0.000001"))
     ttl = raw.get("hold_ttl_seconds", 120)
     if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 3:
@@ -189,6 +218,7 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> PolicyConfig | None:
         if not isinstance(spec, Mapping):
             problems.append(f"power_levels.{name} must be a mapping")
             continue
+        unknown_keys(spec, _LEVEL, where, problems)
         multiplier = _number(spec, "multiplier", where, problems, minimum=Decimal(0))
         cap = spec.get("max_tokens")
         if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
@@ -205,6 +235,7 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> PolicyConfig | None:
         if not isinstance(spec, Mapping):
             problems.append(f"tiers.{name} must be a mapping")
             continue
+        unknown_keys(spec, _TIER, where, problems)
         markup = _number(spec, "markup", where, problems, minimum=Decimal(0))
         rpm, tpm = (_optional_count(spec, key, where, problems) for key in ("rpm", "tpm"))
         tiers.append(Tier(str(name), markup, _names(spec, where, problems), rpm, tpm))

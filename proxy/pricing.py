@@ -19,12 +19,18 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from proxy.policy_config import PolicyConfig, as_decimal, decimal_yaml_load, read_config
+from proxy.policy_config import PolicyConfig, as_decimal, load_yaml, read_config, unknown_keys
 from proxy.settings import ConfigError
 
 BYOK_MODES = ("none", "optional", "required")
+# the top-level sections of a LiteLLM 1.106.2 proxy config (litellm/proxy/proxy_server.py reads these): an
+# operator's own config works as it is, while a misspelt `model_lst` is an error, not an empty catalogue
+LITELLM_SECTIONS = ("model_list", "litellm_settings", "general_settings", "router_settings", "environment_variables",
+                    "callback_settings", "guardrails", "mcp_servers", "mcp_tools", "include", "credential_list",
+                    "vector_store_registry", "files_settings", "finetune_settings", "assistant_settings",
+                    "search_tools", "prompts", "policies", "policy_attachments", "agent_list", "agents",
+                    "pass_through_endpoints", "classifier_plugin", "plugins", "sandbox_tools", "worker_registry")
+_ENTRY = ("model_name", "litellm_params", "model_info")
 _PRICE_FIELDS = ("input_cost_per_token", "output_cost_per_token", "output_cost_per_image")
 
 
@@ -220,14 +226,14 @@ def load_catalogue(path: Path) -> Catalogue:
 
 
 def parse_catalogue(text: str, *, source: str = "LiteLLM config") -> Catalogue:
-    try:
-        raw = decimal_yaml_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    raw = load_yaml(text, source)
+    problems: list[str] = []
+    if isinstance(raw, Mapping):
+        unknown_keys(raw, LITELLM_SECTIONS, "", problems)
     entries = raw.get("model_list") if isinstance(raw, Mapping) else None
     if not isinstance(entries, list) or not entries:
-        raise ConfigError(f"{source}: model_list must be a non-empty list")
-    problems: list[str] = []
+        problems.append("model_list must be a non-empty list")
+        raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
     grouped: dict[str, list[Deployment]] = {}
     for index, entry in enumerate(entries):
         deployment = _deployment(entry, f"model_list[{index}]", problems)
@@ -245,6 +251,7 @@ def _deployment(entry: Any, where: str, problems: list[str]) -> Deployment | Non
     if not isinstance(entry, Mapping):
         problems.append(f"{where} must be a mapping")
         return None
+    unknown_keys(entry, _ENTRY, f"{where}: ", problems)
     name = entry.get("model_name")
     params = entry.get("litellm_params") or {}
     info = entry.get("model_info") or {}

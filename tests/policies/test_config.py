@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
@@ -255,3 +256,57 @@ def test_factor_and_rates_never_round() -> None:
     assert Fraction(pricing.factor(markup, multiplier)) == exact * Fraction(multiplier)  # 40 digits
     rates = pricing.millicredit_rates(pricing.Price(Decimal("0.0000000123456789")), Decimal("333.3"), multiplier)
     assert Fraction(rates.input) == Fraction("0.0000000123456789") * Fraction("333.3") * 1000 * Fraction(multiplier)
+
+
+def test_a_misspelt_key_names_the_nearest_valid_one() -> None:
+    text = """
+credits_per_usd: 1000
+hold_ttl_secnds: 60
+default_power_level: eco
+power_levels:
+  eco: {multiplier: 0.1, max_token: 100, models: [a]}
+tiers:
+  free: {markup: 0, models: ["*"], rmp: 5, colour: red}
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_policy(text, source="p.yaml")
+    assert str(info.value).splitlines() == [
+        "p.yaml: 'hold_ttl_secnds' is not a known setting (did you mean 'hold_ttl_seconds'?)",
+        "p.yaml: power_levels.eco.'max_token' is not a known setting (did you mean 'max_tokens'?)",
+        "p.yaml: power_levels.eco.max_tokens must be a positive integer, got None",
+        "p.yaml: tiers.free.'rmp' is not a known setting (did you mean 'rpm'?)",
+        "p.yaml: tiers.free.'colour' is not a known setting (expected one of markup, models, rpm, tpm)",
+    ]
+
+
+def test_litellm_config_sections_and_entries_are_checked_by_name() -> None:
+    text = """
+model_lst:
+  - model_name: m
+litelm_settings: {drop_params: true}
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_catalogue(text, source="l.yaml")
+    assert str(info.value).splitlines() == [
+        "l.yaml: 'model_lst' is not a known setting (did you mean 'model_list'?)",
+        "l.yaml: 'litelm_settings' is not a known setting (did you mean 'litellm_settings'?)",
+        "l.yaml: model_list must be a non-empty list",
+    ]
+    entry = """
+model_list:
+  - model_name: m
+    litellm_params: {model: openai/a}
+    model_inf: {id: a}
+router_settings: {routing_strategy: simple-shuffle}
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_catalogue(entry, source="l.yaml")
+    assert str(info.value) == "l.yaml: model_list[0]: 'model_inf' is not a known setting (did you mean 'model_info'?)"
+
+
+@pytest.mark.parametrize("parse", [parse_policy, parse_catalogue])
+def test_a_yaml_syntax_error_gives_the_line_and_column(parse: Any) -> None:
+    text = "model_list:\n  - model_name: m\n    litellm_params: {model: openai/a\n"
+    with pytest.raises(ConfigError) as info:
+        parse(text, source="x.yaml")
+    assert str(info.value).startswith("x.yaml: not valid YAML: line 4, column 1: ")
