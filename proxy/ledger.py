@@ -1,7 +1,8 @@
 """`PgLedger`: the credit ledger on PostgreSQL, implementing `Ledger` (proxy/context.py) and
 `LedgerAdmin` (proxy/stores.py).
 
-Every money operation is one call of a PL/pgSQL function in `proxy/migrations/0002_ledger.sql`: one
+Every money operation is one call of a PL/pgSQL function in `proxy/migrations/0002_ledger.sql` (as
+amended by `0005_grant_expiry.sql`: expired grants forfeit what holds release later): one
 transaction, one round trip, READ COMMITTED, conditional updates under the lock order
 hold -> allocation -> pool. Reserves and settles are group-committed (`proxy/ledger_batch.py`): a
 few batch transactions per process carry every org's items, so a hot org does not become a queue on
@@ -111,8 +112,9 @@ class PgLedger(LedgerQueries):
                          max(0, completion_tokens), self.hold_ttl_seconds, retries=1)
 
     async def expire(self, limit: int = 500) -> tuple[int, int]:
-        """One sweep: settle pending holds past their expiry, then forfeit expired grants.
-        Returns (holds expired, grants expired)."""
+        """One sweep: settle pending holds past their expiry, then expire due grants (what is available
+        of them is forfeited now, what holds cover as those holds release it). Returns (holds expired,
+        grants expired)."""
         holds = int(await self._call("SELECT creditgate.expire_holds($1)", limit, retries=0))
         grants = int(await self._call("SELECT creditgate.expire_grants($1)", limit, retries=0))
         return holds, grants

@@ -68,7 +68,7 @@ async def _chaos(dsn: str, proc: int, seconds: float, inherited: list[str], seed
     ledger = await PgLedger.connect(dsn, hold_ttl_seconds=1.0, max_size=4)
     sweeper = Sweeper(ledger, 0.2)
     sweeper.start()
-    log: dict[str, Any] = {"settled": {}, "voided": [], "abandoned": [], "unknown": [], "cancelled": [],
+    log: dict[str, Any] = {"settled": {}, "held": {}, "voided": [], "abandoned": [], "unknown": [], "cancelled": [],
                            "refused": 0, "late": 0}
     deadline = asyncio.get_running_loop().time() + seconds
 
@@ -107,6 +107,7 @@ async def _chaos(dsn: str, proc: int, seconds: float, inherited: list[str], seed
             else:
                 raise
             return
+        log["held"][rid] = (org, amount)
         if rng.random() < 0.1:  # a duplicate reserve racing the request itself
             dup = await asyncio.gather(ledger.reserve(hold(org, user, rid, amount)), return_exceptions=True)
             assert isinstance(dup[0], ProxyError) and dup[0].code in ("request_id_in_use", "ledger_unavailable")
@@ -122,10 +123,10 @@ async def _chaos(dsn: str, proc: int, seconds: float, inherited: list[str], seed
             await settle(org, rid, charge)
             log["late"] += 1
         elif r < 0.30:  # the settle is cancelled mid-flight, then re-driven
-            task = asyncio.ensure_future(ledger.settle(org, rid, usage(charge)))
+            settling = asyncio.ensure_future(ledger.settle(org, rid, usage(charge)))
             await asyncio.sleep(rng.uniform(0, 0.003))
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            settling.cancel()
+            await asyncio.gather(settling, return_exceptions=True)
             await settle(org, rid, charge)
         elif r < 0.40:  # duplicate settles racing
             await asyncio.gather(settle(org, rid, charge), settle(org, rid, charge))

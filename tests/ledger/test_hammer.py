@@ -8,9 +8,11 @@ whose outcome was unknown to their client (503) and whose owner-nonce void could
 Phase 2 (chaos, `LEDGER_HAMMER_SECONDS`, default 8 s): the processes settle those holds, then run
 reserve/settle/void cycles with duplicate and racing calls, settles cancelled mid-flight and
 re-driven, abandoned holds left to the sweepers (TTL 1 s), late settles after expiry, spread over
-four orgs so batches mix pools, while this process terminates random ledger backends with
-pg_terminate_backend. At the end: verify is empty, no hold is pending, PostgreSQL saw no deadlock,
-and every settle a client saw is in the database with the charge it saw (no lost, no phantom usage).
+four orgs so batches mix pools, with promotional grants expiring halfway while holds cover part of
+them, while this process terminates random ledger backends with pg_terminate_backend. At the end: no
+invariant is violated (each hold forfeited exactly the expired credit its final charge left unspent),
+verify reports exactly the overruns as overage, no hold is pending, PostgreSQL saw no deadlock, and
+every settle a client saw is in the database with the charge it saw (no lost, no phantom usage).
 A longer run: LEDGER_HAMMER_SECONDS=120 LEDGER_HAMMER_SEED=7 pytest tests/ledger/test_hammer.py
 """
 
@@ -21,13 +23,14 @@ import multiprocessing
 import os
 import random
 import threading
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
 from proxy.ledger import PgLedger
 from proxy.migrate import migrate
-from proxy.verify import verify
+from proxy.verify import Overage, audit
 from tests.ledger import hammer
 
 AMOUNT, AFFORDABLE, ATTEMPTS = 1000, 150, 300
@@ -88,9 +91,12 @@ async def _final_state(dsn: str) -> dict[str, Any]:
                 "SELECT request_id, charged, usage_source FROM creditgate.usage_records")},
             "pools": [tuple(r) for r in await conn.fetch(
                 "SELECT granted, posted, pending, overage FROM creditgate.pools")],
+            "expired": [tuple(r) for r in await conn.fetch(
+                "SELECT forfeited, held_at_expiry FROM creditgate.grants WHERE expired_at IS NOT NULL")],
+            "expired_held": await conn.fetchval("SELECT sum(expired_held) FROM creditgate.pools"),
             "deadlocks": await conn.fetchval(
                 "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"),
-            "violations": await verify(dsn),
+            "audit": await audit(dsn),
         }
     finally:
         await conn.close()
@@ -102,7 +108,7 @@ def _admission_under_kills(ctx: Any, dsn: str) -> None:
     is unknown are voided by their owner nonce; a top-up race without kills then takes whatever that
     freed. Exactly 150 holds are pending at the end: every one a client saw, plus unknown ones whose
     void did not get through (their clients were told 503), never more, never fewer."""
-    stop, kills = threading.Event(), []
+    stop, kills = threading.Event(), list[int]()
     killer = threading.Thread(target=_killer, args=(dsn, stop, kills, (0.01, 0.05), 0.3))
     killer.start()
     try:
@@ -153,10 +159,13 @@ def test_hammer(fresh_db: str) -> None:
     async def grant_more() -> None:
         ledger = await PgLedger.connect(fresh_db, hold_ttl_seconds=60)
         await ledger.grant(hammer.ORG, 3_000_000, "top up", "more", None, "operator")
+        expires = datetime.now(UTC) + timedelta(seconds=SECONDS / 2)  # mid-chaos, while holds are pending
+        for org in hammer.OTHER_ORGS:
+            await ledger.grant(org, 200_000, "promo", "promo", expires, "operator")
         await ledger.close()
     asyncio.run(grant_more())
 
-    stop, kills = threading.Event(), []
+    stop, kills = threading.Event(), list[int]()
     killer = threading.Thread(target=_killer, args=(fresh_db, stop, kills))
     killer.start()
     try:
@@ -167,7 +176,10 @@ def test_hammer(fresh_db: str) -> None:
         killer.join()
     final = asyncio.run(_final_state(fresh_db))
 
-    assert final["violations"] == []
+    assert final["audit"].violations == []  # incl. every hold's forfeit matching its final charge
+    # the promo grants expired mid-chaos while holds covered part of them; all of that was resolved
+    assert len(final["expired"]) == len(hammer.OTHER_ORGS) and final["expired_held"] == 0
+    assert all(held > 0 for _forfeited, held in final["expired"])
     assert final["pending"] == 0
     assert final["deadlocks"] == 0
     assert len(final["pools"]) == 2 + len(hammer.OTHER_ORGS)
@@ -185,3 +197,11 @@ def test_hammer(fresh_db: str) -> None:
     expected = set(settled) | {r for log in logs for r in log["abandoned"] + log["unknown"] + log["cancelled"]}
     assert set(final["usage"]) <= expected  # no phantom usage
     assert len(settled) > 500 and sum(kills) > 0 and sum(log["late"] for log in logs) > 0
+    # the overruns (charged 1.2 x the hold) are overage: verify reports exactly them, per org
+    over: dict[str, list[int]] = {}
+    for log in logs:
+        for rid, (org, amount) in log["held"].items():
+            if rid in settled and settled[rid] > amount:
+                over.setdefault(org, []).append(settled[rid] - amount)
+    assert final["audit"].overage == [Overage(org, len(v), sum(v)) for org, v in sorted(over.items())]
+    assert len(over) == 1 + len(hammer.OTHER_ORGS)

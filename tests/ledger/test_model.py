@@ -1,7 +1,10 @@
 """Model-based test: a hypothesis state machine drives the real ledger (grants with expiry, reserves
 incl. duplicates and reused voided ids, settles under/over/late/duplicate/conflicting, voids,
 checkpoints, allocation changes, clock advances and sweeps) and checks the database against a small
-Python model after every step. A second test plants a bug in the SQL and asserts the machine finds it.
+Python model after every step. Grants expire while holds are pending: the model attributes the held
+part of the grant to those holds (oldest first) and forfeits what each releases (its expired credit
+minus what its final charge spent of it); a second run of the machine concentrates on that. Bugs
+planted in the SQL (a leaked hold; three ways of getting grant expiry wrong) must make it fail.
 
 Each hypothesis example works on a new org in one migrated database; time moves only forward
 (the database clock is skewed by whole steps of 50 s; holds live 100 s).
@@ -21,7 +24,14 @@ import asyncpg
 import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from proxy.errors import ProxyError
 from proxy.ledger import PgLedger
@@ -62,7 +72,10 @@ class MHold:
     prompt: int
     rate_in: Decimal
     rate_out: Decimal
+    seq: int = 0  # creation order (the database's hold id order)
     streamed: int = 0
+    # expired credit this hold covers: [grant index, amount, forfeited (None while the hold is pending)]
+    parts: list[list[Any]] = field(default_factory=list)
 
 
 def attempt(env: Env, make: Callable[[], Awaitable[Any]]) -> tuple[str, Any]:
@@ -73,10 +86,17 @@ def attempt(env: Env, make: Callable[[], Awaitable[Any]]) -> tuple[str, Any]:
         return "error", exc.code
 
 
-def make_machine(env: Env) -> type[RuleBasedStateMachine]:
+def make_machine(env: Env, *, expiry_focus: bool = False) -> type[RuleBasedStateMachine]:
+    """`expiry_focus`: every org starts with credit that expires while its first holds are pending, and
+    the rules that only refuse or limit (suspensions, allocation limits, adjustments) are left out, so
+    the runs spend their steps on grants expiring under holds and on every way a hold then resolves."""
+
+    def broad(_: Any) -> bool:
+        return not expiry_focus
+
     class LedgerMachine(RuleBasedStateMachine):
-        @initialize()
-        def new_org(self) -> None:
+        @initialize(promo=st.booleans())
+        def new_org(self, promo: bool) -> None:
             self.org = f"org_m{next(env.orgs)}"
             self.granted = self.posted = self.pending = self.overage = 0
             self.holds: dict[str, MHold] = {}
@@ -84,10 +104,11 @@ def make_machine(env: Env) -> type[RuleBasedStateMachine]:
             self.usage: dict[str, tuple[int, bool]] = {}  # rid -> (charged, estimated)
             self.alloc = {u: [0, 0] for u in USERS}  # posted, pending
             self.limits: dict[str, int | None] = {u: None for u in USERS}
-            self.grants: list[list[Any]] = []  # [amount, expires or None, expired]
+            self.grants: list[list[Any]] = []  # [amount, expires or None, expired, forfeited or None]
             self.suspended = False
             self.member_suspended = {u: False for u in USERS}
             self.rids = itertools.count(1)
+            self.seqs = itertools.count(1)
 
             async def setup() -> None:
                 await env.conn.execute("INSERT INTO creditgate.orgs (id, name, tier) VALUES ($1, $1, 'free')",
@@ -98,11 +119,31 @@ def make_machine(env: Env) -> type[RuleBasedStateMachine]:
                     await env.conn.execute("INSERT INTO creditgate.memberships (org_id, user_id) VALUES ($1, $2)",
                                            self.org, u)
             env.run(setup)
-            self.grant(3000, False)  # start with credit so most steps do something
+            self.grant(3000, None)  # start with credit so most steps do something
+            if promo or expiry_focus:  # and often with credit that expires while the first holds are pending
+                self.grant(1500, TTL // 2)
 
         @property
         def available(self) -> int:
             return self.granted - self.posted - self.pending - self.overage
+
+        @property
+        def expired_held(self) -> int:
+            return sum(part[1] for h in self.holds.values() if h.state == "pending" for part in h.parts)
+
+        def _resolve(self, h: MHold, spent: int) -> int:
+            """Settle a hold's expired credit with its (final) charge: each grant's part is forfeited
+            except what the charge spent of it, drawn first in expiry order. Returns the change in
+            what is forfeited (negative: forfeited credit the charge turned out to spend)."""
+            change, spend = 0, spent
+            for part in h.parts:
+                used = min(part[1], spend)
+                spend -= used
+                was = part[2] or 0
+                part[2] = part[1] - used
+                self.grants[part[0]][3] += part[2] - was
+                change += part[2] - was
+            return change
 
         def _add_credit(self, amount: int) -> None:
             net = min(self.overage, amount)
@@ -110,17 +151,21 @@ def make_machine(env: Env) -> type[RuleBasedStateMachine]:
             self.posted += net
             self.overage -= net
 
-        @rule(amount=st.integers(1, 2000), expiring=st.booleans())
-        def grant(self, amount: int, expiring: bool) -> None:
+        @rule(amount=st.integers(1, 2000), life=st.sampled_from([None, TTL // 2, TTL]))
+        def grant(self, amount: int, life: int | None) -> None:
+            """`life` None: never expires. Half a hold's TTL: it expires while holds taken with it are
+            still pending."""
             key = f"g{len(self.grants)}"
 
             async def go() -> Any:
-                expires = await env.conn.fetchval(f"SELECT creditgate.now() + interval '{TTL} seconds'")
-                return await env.ledger.grant(self.org, amount, "r", key, expires if expiring else None, "op")
+                expires = await env.conn.fetchval("SELECT creditgate.now() + make_interval(secs => $1)",
+                                                  float(life or 0))
+                return await env.ledger.grant(self.org, amount, "r", key, expires if life else None, "op")
             env.run(go)
             self._add_credit(amount)
-            self.grants.append([amount, env.skew + TTL if expiring else None, False])
+            self.grants.append([amount, env.skew + life if life else None, False, None])
 
+        @precondition(broad)
         @rule(amount=st.integers(-1500, 1500))
         def adjust(self, amount: int) -> None:
             key = f"a{next(self.rids)}"
@@ -131,10 +176,11 @@ def make_machine(env: Env) -> type[RuleBasedStateMachine]:
             assert outcome[0] == "ok"
             if amount > 0:
                 self._add_credit(amount)
-                self.grants.append([amount, None, False])
+                self.grants.append([amount, None, False, None])
             else:
                 self.granted += amount
 
+        @precondition(broad)
         @rule(user=st.sampled_from(USERS), limit=st.one_of(st.none(), st.integers(0, 700)))
         def set_limit(self, user: str, limit: int | None) -> None:
             env.run(lambda: env.conn.execute(
@@ -165,7 +211,7 @@ def make_machine(env: Env) -> type[RuleBasedStateMachine]:
             else:
                 expected = ("ok", None)
                 self.holds[rid] = MHold(amount, user, "pending", env.skew + TTL, prompt, Decimal(rates[0]),
-                                        Decimal(rates[1]))
+                                        Decimal(rates[1]), next(self.seqs))
                 self.pending += amount
                 self.alloc[user][1] += amount
             assert (outcome[0], None if outcome[0] == "ok" else outcome[1]) == expected
@@ -180,9 +226,23 @@ def make_machine(env: Env) -> type[RuleBasedStateMachine]:
             self._settle(self._pick(index), ratio, extra)
 
         @rule(index=st.integers(0, 50), ratio=st.sampled_from([0, 0.5, 1, 1.5]), extra=st.integers(0, 3))
+        def settle_pending(self, index: int, ratio: float, extra: int) -> None:
+            """The common case: a request in flight finishes."""
+            pending = sorted(r for r, h in self.holds.items() if h.state == "pending")
+            self._settle(pending[index % len(pending)] if pending else None, ratio, extra)
+
+        @rule(index=st.integers(0, 50), ratio=st.sampled_from([0, 0.5, 1, 1.5]), extra=st.integers(0, 3))
         def settle_late(self, index: int, ratio: float, extra: int) -> None:
             """Real usage arriving after the sweeper (or a void) resolved the hold."""
             late = sorted([r for r, h in self.holds.items() if h.state == "expired"] + list(self.voided))
+            self._settle(late[index % len(late)] if late else None, ratio, extra)
+
+        @precondition(lambda _: expiry_focus)
+        @rule(index=st.integers(0, 50), ratio=st.sampled_from([0, 0.5, 1.5]), extra=st.integers(0, 3))
+        def settle_late_expired_credit(self, index: int, ratio: float, extra: int) -> None:
+            """Real usage arriving late for a hold that covered expired credit: the forfeit is recomputed."""
+            late = sorted([r for r, h in self.holds.items() if h.state == "expired" and h.parts and
+                           self.usage[r][1]] + [r for r, hs in self.voided.items() if hs[-1].parts])
             self._settle(late[index % len(late)] if late else None, ratio, extra)
 
         def _charge(self, rid: str, ratio: float, extra: int) -> int:
@@ -206,7 +266,7 @@ def make_machine(env: Env) -> type[RuleBasedStateMachine]:
                 if is_settle and rid is not None:
                     charge = self._charge(rid, ratio, 0)
                     calls.append(("settle", rid, charge, env.ledger.settle(self.org, rid, usage(charge))))
-                elif not is_settle:
+                elif rid is not None:  # a reserve: always a new id
                     request = hold(self.org, user, rid, n, prompt=prompt)
                     calls.append(("reserve", rid, (user, n, prompt), env.ledger.reserve(request)))
 
@@ -226,6 +286,7 @@ def make_machine(env: Env) -> type[RuleBasedStateMachine]:
             if self.suspended and {c[0] for c in calls} == {"settle", "reserve"}:
                 env.saw("burst_mixed_suspended")
 
+        @precondition(broad)
         @rule(org=st.booleans(), user=st.sampled_from(USERS), flag=st.booleans())
         def suspend(self, org: bool, user: str, flag: bool) -> None:
             if org:
@@ -248,13 +309,19 @@ def make_machine(env: Env) -> type[RuleBasedStateMachine]:
                     assert outcome == ("error", "request_id_in_use")
                 return
             assert outcome[0] == "ok"
+            available = self.available
+            forfeit = self._resolve(h, charge)
+            if forfeit:
+                env.saw("forfeit_on_settle" if h.state == "pending" else
+                        "forfeit_restored" if forfeit < 0 else "forfeit_more")
+            self.granted -= forfeit
             if rid in self.usage:  # correction of the sweeper's estimate
                 delta = charge - self.usage[rid][0]
-                if delta >= 0:
-                    cov = min(delta, max(self.available, 0))
+                if delta >= 0:  # forfeited credit it spent after all is restored and spent first
+                    cov = -forfeit + min(delta + forfeit, max(available, 0))
                     self.posted, self.overage = self.posted + cov, self.overage + delta - cov
-                else:
-                    dov = min(self.overage, -delta)
+                else:  # expired credit the estimate had spent is forfeited first
+                    dov = min(self.overage, -delta - forfeit)
                     self.posted, self.overage = self.posted - (-delta - dov), self.overage - dov
                 status = "late_posted"
             elif h.state == "pending":
@@ -264,7 +331,7 @@ def make_machine(env: Env) -> type[RuleBasedStateMachine]:
                 self.alloc[h.user][1] -= h.amount
                 h.state, status = "posted", "posted"
             else:  # voided: late post
-                cov = min(charge, max(self.available, 0))
+                cov = -forfeit + min(charge + forfeit, max(available, 0))
                 self.posted, self.overage = self.posted + cov, self.overage + charge - cov
                 status = "late_posted"
             self.alloc[h.user][0] += charge - (self.usage[rid][0] if rid in self.usage else 0)
@@ -272,9 +339,11 @@ def make_machine(env: Env) -> type[RuleBasedStateMachine]:
             self.usage[rid] = (charge, False)
             assert (outcome[1].status, outcome[1].charged) == (status, charge)
 
-        @rule(index=st.integers(0, 50))
-        def void(self, index: int) -> None:
-            rid = self._pick(index)
+        @rule(index=st.integers(0, 50), in_flight=st.booleans())
+        def void(self, index: int, in_flight: bool) -> None:
+            """Any known id (voiding a resolved hold changes nothing), or one in flight."""
+            pending = sorted(r for r, h in self.holds.items() if h.state == "pending")
+            rid = pending[index % len(pending)] if in_flight and pending else self._pick(index)
             if rid is None:
                 return
             env.run(lambda: env.ledger.void(self.org, rid))
@@ -282,6 +351,10 @@ def make_machine(env: Env) -> type[RuleBasedStateMachine]:
             if h is not None and h.state == "pending":
                 self.pending -= h.amount
                 self.alloc[h.user][1] -= h.amount
+                forfeit = self._resolve(h, 0)
+                self.granted -= forfeit
+                if forfeit:
+                    env.saw("forfeit_on_void")
                 h.state = "voided"
                 self.voided.setdefault(rid, []).append(self.holds.pop(rid))
                 env.saw("voided")
@@ -304,6 +377,23 @@ def make_machine(env: Env) -> type[RuleBasedStateMachine]:
                 "INSERT INTO creditgate.clock_skew (skew) VALUES (make_interval(secs => $1)) "
                 "ON CONFLICT (singleton) DO UPDATE SET skew = EXCLUDED.skew", float(env.skew)))
 
+        def _holds_pending(self) -> bool:
+            return any(h.state == "pending" for h in self.holds.values())
+
+        @precondition(_holds_pending)
+        @rule(amount=st.integers(1, 2000))
+        def expire_grant_while_held(self, amount: int) -> None:
+            """Advance the clock (in whole steps) past the next grant's expiry while holds are pending
+            (granting one that expires in half a hold's TTL if none is due), and sweep: the part of the
+            grant the holds cover is forfeited as they release it."""
+            if not any(g[1] is not None and not g[2] for g in self.grants):
+                self.grant(amount, TTL // 2)
+            due = min(g[1] for g in self.grants if g[1] is not None and not g[2])
+            steps = max(0, -(-(due - env.skew) // 50))
+            if steps:
+                self.advance(50 * steps)
+            self.sweep()
+
         @rule()
         def sweep(self) -> None:
             while env.run(lambda: env.ledger.expire()) != (0, 0):
@@ -316,30 +406,50 @@ def make_machine(env: Env) -> type[RuleBasedStateMachine]:
                     self.posted, self.overage = self.posted + cov, self.overage + charge - cov
                     self.alloc[h.user][1] -= h.amount
                     self.alloc[h.user][0] += charge
+                    forfeit = self._resolve(h, charge)
+                    self.granted -= forfeit
+                    if forfeit:
+                        env.saw("forfeit_on_expire")
                     h.state = "expired"
                     env.saw("expired")
                     self.usage[rid] = (charge, True)
-            for i, g in enumerate(self.grants):
-                if g[1] is not None and not g[2] and g[1] <= env.skew:
+            due = sorted((g[1], i) for i, g in enumerate(self.grants) if g[1] is not None and not g[2])
+            for _, i in due:  # in order of expiry, as the database does
+                g = self.grants[i]
+                if g[1] <= env.skew:
+                    # expiring credit is drawn first: the others count at face value
                     live = sum(o[0] for j, o in enumerate(self.grants) if j != i and not o[2] and o[0] > 0)
                     forfeit = min(max(self.available - live, 0), g[0])
+                    held = min(max(self.available + self.pending - self.expired_held - live, 0), g[0]) - forfeit
+                    for h in sorted((h for h in self.holds.values() if h.state == "pending"), key=lambda h: h.seq):
+                        part = min(h.amount - sum(p[1] for p in h.parts), held)
+                        if part > 0:
+                            h.parts.append([i, part, None])
+                            held -= part
+                    assert held == 0
                     self.granted -= forfeit
-                    g[2] = True
+                    g[2], g[3] = True, forfeit
                     env.saw("grant_forfeit" if forfeit else "grant_expired_spent")
+                    if any(p[0] == i for h in self.holds.values() for p in h.parts):
+                        env.saw("grant_expired_while_held")
 
         @invariant()
         def database_matches_model(self) -> None:
             async def read() -> tuple[Any, ...]:
-                pool = await env.conn.fetchrow("SELECT granted, posted, pending, overage FROM creditgate.pools "
-                                               "WHERE org_id = $1", self.org)
+                pool = await env.conn.fetchrow("SELECT granted, posted, pending, overage, expired_held "
+                                               "FROM creditgate.pools WHERE org_id = $1", self.org)
+                forfeits = await env.conn.fetch("SELECT forfeited FROM creditgate.grants WHERE org_id = $1 "
+                                                "AND expires_at IS NOT NULL ORDER BY id", self.org)
                 alloc = await env.conn.fetch("SELECT user_id, sum(posted) AS p, sum(pending) AS h FROM "
                                              "creditgate.allocation_usage WHERE org_id = $1 GROUP BY 1", self.org)
                 bad = await env.conn.fetch("SELECT invariant, subject FROM creditgate.invariant_violations "
                                            "WHERE invariant <> ALL($1::text[]) AND split_part(subject, '/', 1) = $2",
                                            list(IGNORED), self.org)
-                return tuple(pool or ()), {r["user_id"]: [r["p"], r["h"]] for r in alloc}, [tuple(b) for b in bad]
-            pool, alloc, bad = env.run(read)
-            assert pool == (self.granted, self.posted, self.pending, self.overage)
+                return (tuple(pool or ()), {r["user_id"]: [r["p"], r["h"]] for r in alloc}, [tuple(b) for b in bad],
+                        [r["forfeited"] for r in forfeits])
+            pool, alloc, bad, forfeits = env.run(read)
+            assert pool == (self.granted, self.posted, self.pending, self.overage, self.expired_held)
+            assert forfeits == [g[3] for g in self.grants if g[1] is not None]
             assert {u: v for u, v in self.alloc.items() if v != [0, 0]} == {
                 u: v for u, v in alloc.items() if v != [0, 0]}
             assert bad == []
@@ -368,14 +478,35 @@ def test_ledger_matches_model(env: Env) -> None:
     assert {"held", "request_id_in_use", "org_pool_exhausted", "user_allocation_exhausted", "posted",
             "late_posted", "correction", "voided", "expired", "grant_forfeit", "suspended", "burst",
             "burst_mixed_suspended"} <= set(env.seen), env.seen
+    assert {"grant_expired_while_held", "forfeit_on_settle", "forfeit_on_void"} <= set(env.seen), env.seen
 
 
-def test_model_catches_a_planted_bug(env: Env) -> None:
-    """Settle releases only the posted part of a hold (a leaked hold): the machine must fail."""
-    source = env.run(lambda: env.conn.fetchval(
-        "SELECT pg_get_functiondef('creditgate.ledger_batch'::regproc)"))
-    assert "pe := pe - h.amount;" in source
-    env.run(lambda: env.conn.execute(source.replace("pe := pe - h.amount;", "pe := pe - cov;")))
+def test_grant_expiry_during_holds_matches_model(env: Env) -> None:
+    """Grants expire while holds cover part of them; the holds are then settled (below, at, above
+    their hold), voided, expired by the sweeper, settled late after a void or after the sweeper:
+    the model forfeits what each releases of the expired credit, and recomputes it from a late charge."""
+    run_state_machine_as_test(make_machine(env, expiry_focus=True), settings=settings(
+        max_examples=100, stateful_step_count=50, deadline=None, derandomize=True, database=None,
+        suppress_health_check=list(HealthCheck)))
+    assert {"grant_expired_while_held", "forfeit_on_settle", "forfeit_on_void", "forfeit_on_expire",
+            "forfeit_restored", "forfeit_more", "correction", "late_posted", "burst"} <= set(env.seen), env.seen
+
+
+@pytest.mark.parametrize(("function", "correct", "planted"), [
+    # settle releases only the posted part of a hold (a leaked hold)
+    ("ledger_batch", "pe := pe - h.amount;", "pe := pe - cov;"),
+    # what a hold releases after its grant expired stays spendable (the old behaviour)
+    ("resolve_expired_credit", "f := e.amount - least(e.amount, spend);", "f := 0;"),
+    # a charge does not spend expired credit first: all of it is forfeited
+    ("resolve_expired_credit", "f := e.amount - least(e.amount, spend);", "f := e.amount;"),
+    # expired credit is attributed to the newest holds first
+    ("expire_grants", "ORDER BY h.id LOOP", "ORDER BY h.id DESC LOOP"),
+], ids=["leaked_hold", "released_credit_kept", "charge_spends_expired_credit_last", "newest_hold_first"])
+def test_model_catches_a_planted_bug(env: Env, function: str, correct: str, planted: str) -> None:
+    """A bug planted in the SQL: the machine must fail."""
+    source = env.run(lambda: env.conn.fetchval(f"SELECT pg_get_functiondef('creditgate.{function}'::regproc)"))
+    assert source.count(correct) == 1
+    env.run(lambda: env.conn.execute(source.replace(correct, planted)))
     with pytest.raises((AssertionError, asyncpg.PostgresError)):  # the model, the audit view or the CHECK
         run_state_machine_as_test(make_machine(env), settings=settings(
             max_examples=60, stateful_step_count=30, deadline=None, derandomize=True, database=None,

@@ -79,3 +79,52 @@ async def test_unreachable_database_exits_2() -> None:
 
     code, text = await asyncio.to_thread(_main, f"postgresql://postgres@127.0.0.1:{free_port()}/x")
     assert code == 2 and text.startswith("verify: cannot read the ledger")
+
+
+async def test_overage_is_reported_per_org_and_fails(db: asyncpg.Connection, ledger: PgLedger, ledger_db: str) -> None:
+    """A charge above its hold, and a late charge after a void beyond the credit left, are overage: the
+    ledger books them as a receivable (no usage is dropped) and verify reports them per org and fails,
+    even after a grant netted the receivable."""
+    a, b = "org_over_a", "org_over_b"
+    for org in (a, b):
+        await add_org(db, org)
+        await add_member(db, org, U1)
+    await ledger.grant(a, 1000, "seed", "seed", None, "operator")
+    await ledger.grant(b, 100, "seed", "seed", None, "operator")
+    await ledger.reserve(hold(a, U1, "a1", 100))
+    await ledger.settle(a, "a1", usage(130))  # 30 above its hold
+    await ledger.reserve(hold(a, U1, "a2", 50))
+    await ledger.settle(a, "a2", usage(90))  # 40 above its hold
+    await ledger.reserve(hold(a, U1, "a3", 100))
+    await ledger.settle(a, "a3", usage(100))  # at its hold: fine
+    await ledger.reserve(hold(b, U1, "b1", 100))
+    await ledger.void(b, "b1")
+    await ledger.reserve(hold(b, U1, "b2", 100))  # takes all the credit b1 released
+    late = await ledger.settle(b, "b1", usage(60))  # a late charge beyond the credit left
+    assert (late.status, late.charged) == ("late_posted", 60)
+    assert (await ledger.pool(a))["overage"] == 70 and (await ledger.pool(b))["overage"] == 60
+    await ledger.grant(a, 500, "top up", "top", None, "operator")  # nets a's receivable; the defect stays
+    assert (await ledger.pool(a))["overage"] == 0
+
+    assert await verify(ledger_db) == [
+        "overage org_over_a: 2 request(s) charged above their hold or the credit left, 70 millicredits",
+        "overage org_over_b: 1 request(s) charged above their hold or the credit left, 60 millicredits"]
+    code, text = await asyncio.to_thread(_main, ledger_db)
+    assert code == 1
+    assert text == (
+        "verify: overage (a defect: the hold bounds every charge) in 2 org(s), 130 millicredits:\n"
+        "  overage org_over_a: 2 request(s) charged above their hold or the credit left, 70 millicredits\n"
+        "  overage org_over_b: 1 request(s) charged above their hold or the credit left, 60 millicredits\n")
+
+
+async def test_violations_and_overage_are_both_reported(healthy: PgLedger, db: asyncpg.Connection,
+                                                      ledger_db: str) -> None:
+    await healthy.settle(ORG, "b", usage(101))
+    await db.execute("UPDATE creditgate.pools SET granted = granted + 1 WHERE org_id = $1", ORG)
+    code, text = await asyncio.to_thread(_main, ledger_db)
+    assert code == 1
+    assert text.splitlines() == [
+        "verify: 1 invariant violation(s):",
+        "  journal_fold_matches_pool org_v: pool (1001,140,0,1,v5) journal (1000,140,0,1,v5)",
+        "verify: overage (a defect: the hold bounds every charge) in 1 org(s), 1 millicredits:",
+        "  overage org_v: 1 request(s) charged above their hold or the credit left, 1 millicredits"]
