@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from proxy.context import ApiKey, Membership, StoredProviderKey
-from proxy.membership_cache import CachedMemberships
+from proxy.directory.membership_cache import CachedMemberships
+from proxy.directory.types import ApiKey, Membership, StoredProviderKey
 
 
 class CountingDirectory:

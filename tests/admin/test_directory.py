@@ -7,9 +7,9 @@ import asyncio
 import asyncpg
 import pytest
 
-from proxy.apikeys import hash_key
-from proxy.context import ApiKey, Membership, StoredProviderKey
-from proxy.directory import PgDirectory
+from proxy.directory.apikeys import hash_key
+from proxy.directory.pg import PgDirectory
+from proxy.directory.types import ApiKey, Membership, StoredProviderKey
 from proxy.errors import ProxyError
 
 

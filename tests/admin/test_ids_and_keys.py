@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import re
 
-from proxy.apikeys import generate_key, hash_key, looks_like_key
-from proxy.ids import is_id, new_id
+from proxy.directory.apikeys import generate_key, hash_key, looks_like_key
+from proxy.directory.ids import is_id, new_id
 
 
 def test_new_ids_have_their_prefix_and_sort_by_creation_millisecond() -> None:

@@ -6,7 +6,7 @@ import httpx
 from openapi_spec_validator import validate
 from starlette.applications import Starlette
 
-from proxy.openapi import openapi_routes
+from proxy.api.openapi import openapi_routes
 
 from .conftest import POWER_LEVELS, TIERS
 

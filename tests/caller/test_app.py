@@ -12,12 +12,12 @@ import pytest
 
 from devstack import services
 from proxy.app import create_app
-from proxy.caller import caller_routes
-from proxy.crypto import KeyBox
-from proxy.directory import PgDirectory
-from proxy.policy_config import PolicyConfig
-from proxy.pricing import Catalogue
-from proxy.settings import Secret, Settings
+from proxy.caller.routes import caller_routes
+from proxy.config.catalogue import Catalogue
+from proxy.config.policy import PolicyConfig
+from proxy.config.settings import Secret, Settings
+from proxy.directory.crypto import KeyBox
+from proxy.directory.pg import PgDirectory
 
 from .conftest import ROOT, TOKENS, answer, error
 from .fakes import FakeIdentify, FakeLedger, FakeProbe

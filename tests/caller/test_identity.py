@@ -13,15 +13,15 @@ from starlette.applications import Starlette
 
 from policies.auth import Authenticate
 from policies.org import ResolveOrg
-from proxy.caller import caller_routes
-from proxy.caller_common import identify_with
-from proxy.context import ApiKey
-from proxy.crypto import KeyBox
-from proxy.directory import PgDirectory
+from proxy.caller.common import identify_with
+from proxy.caller.routes import caller_routes
+from proxy.config.catalogue import Catalogue
+from proxy.config.policy import PolicyConfig
+from proxy.directory.crypto import KeyBox
+from proxy.directory.pg import PgDirectory
+from proxy.directory.types import ApiKey
 from proxy.errors import ProxyError
-from proxy.ledger import PgLedger
-from proxy.policy_config import PolicyConfig
-from proxy.pricing import Catalogue
+from proxy.ledger.pg import PgLedger
 
 from .conftest import answer, error, render
 from .fakes import FakeProbe

@@ -25,8 +25,8 @@ import uvicorn
 from devstack import services
 from devstack.fake_provider import CONTROLS
 from proxy.app import create_app
-from proxy.context import RequestContext
-from proxy.settings import Secret, Settings
+from proxy.config.settings import Secret, Settings
+from proxy.gateway.context import RequestContext
 
 ROOT = Path(__file__).resolve().parents[2]
 _ids = itertools.count(1)

@@ -1,4 +1,4 @@
-"""The body allowlist (proxy/params.py) and the policy file's `forward_params`, without a server."""
+"""The body allowlist (proxy/gateway/params.py) and the policy file's `forward_params`, without a server."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
+from proxy.config.policy import parse_policy
+from proxy.config.settings import ConfigError
 from proxy.errors import ProxyError
-from proxy.params import OPENAI_PARAMS, SILENTLY_DROPPED, forwardable, silently_dropped
-from proxy.policy_config import parse_policy
-from proxy.settings import ConfigError
+from proxy.gateway.params import OPENAI_PARAMS, SILENTLY_DROPPED, check_forward_params, forwardable, silently_dropped
 
 POLICY = """
 credits_per_usd: 1000
@@ -96,9 +96,15 @@ def test_policy_forward_params_global_and_per_model() -> None:
     ("a: [max_new_tokens]", "forward_params.a: 'max_new_tokens' cannot be forwarded"),
     ("a: [num_predict]", "forward_params.a: 'num_predict' cannot be forwarded"),
     ("a: [stream]", "forward_params.a: 'stream' cannot be forwarded"),
-    ("a: top_k", "forward_params.a must be a list of parameter names"),
 ])
 def test_policy_forward_params_refuse_what_would_reopen_the_hole(entry: str, problem: str) -> None:
     with pytest.raises(ConfigError) as info:
-        parse_policy(POLICY + f"forward_params:\n  {entry}\n", source="policy.yaml")
+        check_forward_params(parse_policy(POLICY + f"forward_params:\n  {entry}\n", source="policy.yaml"),
+                             source="policy.yaml")
     assert str(info.value).startswith(f"policy.yaml: {problem}")
+
+
+def test_policy_forward_params_must_be_lists_of_names() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_policy(POLICY + "forward_params:\n  a: top_k\n", source="policy.yaml")
+    assert str(info.value) == "policy.yaml: forward_params.a must be a list of parameter names"

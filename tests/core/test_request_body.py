@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.context import RequestContext
 from proxy.errors import ProxyError
-from proxy.request_body import observe_answer, parse_request
-from proxy.upstream import upstream_body
+from proxy.gateway.body import observe_answer, parse_request
+from proxy.gateway.context import RequestContext
+from proxy.gateway.upstream import upstream_body
 
 ROUTES = ["chat/completions", "completions", "embeddings", "images/generations"]
 json_values = st.recursive(

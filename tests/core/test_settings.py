@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from proxy.context import Settlement
-from proxy.metrics import Metrics, configured_models
-from proxy.settings import ConfigError, Settings
+from proxy.config.settings import ConfigError, Settings
+from proxy.ledger.types import Settlement
+from proxy.ops.metrics import Metrics, configured_models
 
 ROOT = Path(__file__).resolve().parents[2]
 FERNET = "MTIzNDU2Nzg5MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTI="

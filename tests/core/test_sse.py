@@ -6,8 +6,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from proxy.context import RequestContext, Usage
-from proxy.sse import StreamTap
+from proxy.gateway.context import RequestContext, Usage
+from proxy.gateway.sse import StreamTap
 
 
 def event(obj: dict[str, object]) -> bytes:

@@ -1,4 +1,4 @@
-"""LiteLLM and network failures, translated in one place (proxy/upstream_errors.py)."""
+"""LiteLLM and network failures, translated in one place (proxy/gateway/upstream_errors.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import httpx
 import orjson
 
 from devstack import services
-from proxy.context import RequestContext
-from proxy.settings import Secret
-from proxy.upstream_errors import from_litellm, scrub
+from proxy.config.settings import Secret
+from proxy.gateway.context import RequestContext
+from proxy.gateway.upstream_errors import from_litellm, scrub
 from tests.core.conftest import Gateway, GatewayFactory, chat, new_request_id
 
 

@@ -8,11 +8,11 @@ import asyncio
 import asyncpg
 import pytest
 
+from proxy.db.migrate import discover, migrate
 from proxy.errors import ProxyError
-from proxy.ledger import PgLedger
-from proxy.ledger_batch import run_batch
-from proxy.migrate import discover, migrate
-from proxy.sweeper import Sweeper
+from proxy.ledger.batch import run_batch
+from proxy.ledger.pg import PgLedger
+from proxy.ledger.sweeper import Sweeper
 from tests.ledger.conftest import add_member, add_org, hold, pool_state, set_clock, usage, violations
 
 ORG, U1, U2 = "org_l", "usr_l1", "usr_l2"

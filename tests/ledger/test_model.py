@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
+from proxy.db.migrate import migrate
 from proxy.errors import ProxyError
-from proxy.ledger import PgLedger
-from proxy.migrate import migrate
+from proxy.ledger.pg import PgLedger
 from tests.ledger.conftest import hold, usage
 
 T = TypeVar("T")

@@ -6,7 +6,7 @@ import asyncpg
 import pytest
 
 from proxy.errors import ProxyError
-from proxy.ledger import PgLedger
+from proxy.ledger.pg import PgLedger
 from tests.ledger.conftest import add_member, add_org, hold, pool_state, usage, violations
 
 ORG, U1, U2 = "org_a", "usr_1", "usr_2"

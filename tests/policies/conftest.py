@@ -8,11 +8,11 @@ import pytest
 from cryptography.fernet import Fernet
 from policy_support import FakeDirectory, FakeLedger
 
-from proxy.crypto import KeyBox
-from proxy.policy_config import PolicyConfig, load_policy
-from proxy.pricing import Catalogue, load_catalogue
-from proxy.settings import Secret
-from proxy.tokens import TokenCounter
+from proxy.config.catalogue import Catalogue, load_catalogue
+from proxy.config.policy import PolicyConfig, load_policy
+from proxy.config.settings import Secret
+from proxy.directory.crypto import KeyBox
+from proxy.gateway.tokens import TokenCounter
 
 ROOT = Path(__file__).resolve().parents[2]
 

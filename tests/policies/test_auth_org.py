@@ -7,9 +7,10 @@ from policy_support import FakeDirectory, make_ctx, member
 
 from policies.auth import Authenticate, key_hash
 from policies.org import ResolveOrg
-from proxy.context import ApiKey, RequestContext
+from proxy.config.settings import Secret
+from proxy.directory.types import ApiKey
 from proxy.errors import ProxyError
-from proxy.settings import Secret
+from proxy.gateway.context import RequestContext
 
 KEY = "sk-cg-" + "k" * 43
 

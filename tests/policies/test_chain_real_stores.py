@@ -14,17 +14,18 @@ from cryptography.fernet import Fernet
 
 from devstack import services
 from policies import default_policies
-from proxy.context import Policy, RequestContext, Usage
-from proxy.crypto import KeyBox
-from proxy.directory import PgDirectory
+from proxy.config.catalogue import Catalogue
+from proxy.config.policy import PolicyConfig
+from proxy.config.settings import Secret
+from proxy.db.migrate import migrate
+from proxy.db.pool import create_pool
+from proxy.directory.crypto import KeyBox
+from proxy.directory.keycache import KeyCache
+from proxy.directory.pg import PgDirectory
 from proxy.errors import ProxyError
-from proxy.keycache import KeyCache
-from proxy.ledger import PgLedger, create_pool
-from proxy.migrate import migrate
-from proxy.policy_config import PolicyConfig
-from proxy.pricing import Catalogue
-from proxy.settings import Secret
-from proxy.tokens import TokenCounter
+from proxy.gateway.context import Policy, RequestContext, Usage
+from proxy.gateway.tokens import TokenCounter
+from proxy.ledger.pg import PgLedger
 
 
 @dataclass

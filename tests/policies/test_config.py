@@ -12,12 +12,12 @@ from cryptography.fernet import Fernet
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import pricing
-from proxy.crypto import KeyBox, UndecryptableKey, last4, mask
-from proxy.policy_config import PolicyConfig, load_policy, parse_policy
-from proxy.pricing import Catalogue, parse_catalogue
-from proxy.settings import ConfigError, Secret
-from proxy.tokens import IMAGE_PART_TOKENS, MESSAGE_OVERHEAD, REPLY_PRIMING, TokenCounter, bound, prompt_count
+from proxy.config.catalogue import Catalogue, Price, parse_catalogue
+from proxy.config.policy import PolicyConfig, load_policy, parse_policy
+from proxy.config.settings import ConfigError, Secret
+from proxy.directory.crypto import KeyBox, UndecryptableKey, last4, mask
+from proxy.gateway.tokens import IMAGE_PART_TOKENS, MESSAGE_OVERHEAD, REPLY_PRIMING, TokenCounter, bound, prompt_count
+from proxy.ledger import tariffs
 
 
 def test_policy_numbers_are_exact_decimals_from_their_text(policy: PolicyConfig) -> None:
@@ -76,12 +76,12 @@ def test_unreadable_policy_file_names_the_variable(tmp_path: Path) -> None:
 def test_catalogue_reads_prices_providers_and_byok(catalogue: Catalogue) -> None:
     mock = catalogue.get("mock-gpt")
     assert mock is not None  # prices in model_info
-    assert mock.highest == pricing.Price(Decimal("0.0000005"), Decimal("0.0000015"), None)
+    assert mock.highest == Price(Decimal("0.0000005"), Decimal("0.0000015"), None)
     assert (mock.provider, mock.max_output_tokens, mock.byok_allowed) == ("openai", 4096, False)
     multi = catalogue.get("fake-multi")
     assert multi is not None and [d.id for d in multi.deployments] == ["fake-multi-a", "fake-multi-b"]
-    assert multi.highest == pricing.Price(Decimal("0.000002"), Decimal("0.000004"), None)
-    assert multi.price_for("fake-multi-a") == pricing.Price(Decimal("0.000001"), Decimal("0.000002"), None)
+    assert multi.highest == Price(Decimal("0.000002"), Decimal("0.000004"), None)
+    assert multi.price_for("fake-multi-a") == Price(Decimal("0.000001"), Decimal("0.000002"), None)
     assert multi.price_for("some-other-id") == multi.highest
     assert multi.price_for(None) == multi.highest
     byok_gpt, byok_only = catalogue.get("byok-gpt"), catalogue.get("byok-only")
@@ -131,23 +131,23 @@ model_list:
 
 
 def test_charge_is_exact_and_rounds_up_once() -> None:
-    price = pricing.Price(Decimal("0.0000025"), Decimal("0.00001"))
-    usd = pricing.usd_cost(price, 1234, 567)
+    price = Price(Decimal("0.0000025"), Decimal("0.00001"))
+    usd = tariffs.usd_cost(price, 1234, 567)
     assert usd == Fraction(1234 * 25, 10**7) + Fraction(567, 10**5)
     # 0.008755 USD * 1000 * 1000 * 1.6 * 0.25 = 3502 exactly: no rounding up of an exact integer
-    assert pricing.charge(usd, Decimal(1000), Decimal("0.6"), Decimal("0.25")) == 3502
-    assert pricing.charge(usd, Decimal(1000), Decimal("0.4"), Decimal("0.1")) == 1226  # 1225.7 -> 1226
-    assert pricing.list_price(usd, Decimal(1000)) == 8755
+    assert tariffs.charge(usd, Decimal(1000), Decimal("0.6"), Decimal("0.25")) == 3502
+    assert tariffs.charge(usd, Decimal(1000), Decimal("0.4"), Decimal("0.1")) == 1226  # 1225.7 -> 1226
+    assert tariffs.list_price(usd, Decimal(1000)) == 8755
     # 0.1 as a binary float would make 3 * 0.1 * 10 = 3.0000000000000004 -> 4
-    assert pricing.charge(Fraction(3, 1000), Decimal(1), Decimal(0), Decimal("0.1")) == 1
+    assert tariffs.charge(Fraction(3, 1000), Decimal(1), Decimal(0), Decimal("0.1")) == 1
 
 
 def test_millicredit_rates_are_exact(catalogue: Catalogue) -> None:
     small = catalogue.get("fake-small")
     assert small is not None
-    rates = pricing.millicredit_rates(small.highest, Decimal(1000), Decimal("1.4") * Decimal("0.1"))
+    rates = tariffs.millicredit_rates(small.highest, Decimal(1000), Decimal("1.4") * Decimal("0.1"))
     assert (rates.input, rates.output, rates.image) == (Decimal("0.007"), Decimal("0.014"), Decimal(0))
-    listed = pricing.millicredit_rates(small.highest, Decimal(1000))
+    listed = tariffs.millicredit_rates(small.highest, Decimal(1000))
     assert (listed.input, listed.output) == (Decimal("0.05"), Decimal("0.1"))
 
 
@@ -243,18 +243,18 @@ def test_integer_tariff_equals_the_exact_formula(
     credits_per_usd: Decimal,
     units: tuple[int, int, int],
 ) -> None:
-    price = pricing.Price(*prices)
-    usd = pricing.usd_cost(price, *units[:2], images=units[2])
-    tariff = pricing.Tariff.of(price, credits_per_usd, pricing.factor(markup, multiplier))
-    assert tariff.charge(*units) == pricing.charge(usd, credits_per_usd, markup, multiplier)
-    assert pricing.Tariff.of(price, credits_per_usd).charge(*units) == pricing.list_price(usd, credits_per_usd)
+    price = Price(*prices)
+    usd = tariffs.usd_cost(price, *units[:2], images=units[2])
+    tariff = tariffs.Tariff.of(price, credits_per_usd, tariffs.factor(markup, multiplier))
+    assert tariff.charge(*units) == tariffs.charge(usd, credits_per_usd, markup, multiplier)
+    assert tariffs.Tariff.of(price, credits_per_usd).charge(*units) == tariffs.list_price(usd, credits_per_usd)
 
 
 def test_factor_and_rates_never_round() -> None:
     markup, multiplier = Decimal("0.1234567890123456789"), Decimal("1.000000000000000000001")
     exact = Fraction(1) + Fraction(markup)
-    assert Fraction(pricing.factor(markup, multiplier)) == exact * Fraction(multiplier)  # 40 digits
-    rates = pricing.millicredit_rates(pricing.Price(Decimal("0.0000000123456789")), Decimal("333.3"), multiplier)
+    assert Fraction(tariffs.factor(markup, multiplier)) == exact * Fraction(multiplier)  # 40 digits
+    rates = tariffs.millicredit_rates(Price(Decimal("0.0000000123456789")), Decimal("333.3"), multiplier)
     assert Fraction(rates.input) == Fraction("0.0000000123456789") * Fraction("333.3") * 1000 * Fraction(multiplier)
 
 

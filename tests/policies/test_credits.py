@@ -1,6 +1,6 @@
 """ReserveCredits: the exact hold and charge per power level x tier, and settle / estimate / void on
 every path, exactly once. Expected amounts are computed here from the contract's formula with
-Fractions over the prices' text in litellm_config.yaml, independently of proxy/pricing.py."""
+Fractions over the prices' text in litellm_config.yaml, independently of proxy/config/catalogue.py."""
 
 from __future__ import annotations
 
@@ -22,11 +22,12 @@ from policy_support import (
     run,
 )
 
-from proxy.context import RequestContext, Settlement, Usage
+from proxy.config.catalogue import Catalogue
+from proxy.config.policy import PolicyConfig
 from proxy.errors import ProxyError
-from proxy.policy_config import PolicyConfig
-from proxy.pricing import Catalogue
-from proxy.tokens import TokenCounter
+from proxy.gateway.context import RequestContext, Usage
+from proxy.gateway.tokens import TokenCounter
+from proxy.ledger.types import Settlement
 
 LEVEL_MODELS = {  # a model of each level that each tier may use
     ("eco", "free"): "fake-small", ("balanced", "free"): "fake-gpt-4o-mini", ("precision", "free"): "mock-gpt",

@@ -24,14 +24,14 @@ from policies import (
     default_policies,
 )
 from policies.ratelimit import redis_client
-from proxy.context import RequestContext, Usage
-from proxy.crypto import KeyBox
+from proxy.config.catalogue import Catalogue
+from proxy.config.policy import PolicyConfig, parse_policy
+from proxy.config.settings import ConfigError
+from proxy.directory.crypto import KeyBox
 from proxy.errors import ProxyError
-from proxy.metrics import Metrics
-from proxy.policy_config import PolicyConfig, parse_policy
-from proxy.pricing import Catalogue
-from proxy.settings import ConfigError
-from proxy.tokens import TokenCounter
+from proxy.gateway.context import RequestContext, Usage
+from proxy.gateway.tokens import TokenCounter
+from proxy.ops.metrics import Metrics
 
 POLICY = """
 credits_per_usd: 1000

@@ -11,11 +11,12 @@ import pytest
 from policy_support import MESSAGES, PRICES, FakeLedger, Records, admitted, answered, credits_for, expected, run
 
 from policies.credits import ReserveCredits
-from proxy.context import RequestContext, Settlement, Usage
+from proxy.config.catalogue import Catalogue
+from proxy.config.policy import PolicyConfig
 from proxy.errors import ProxyError
-from proxy.policy_config import PolicyConfig
-from proxy.pricing import Catalogue
-from proxy.tokens import TokenCounter
+from proxy.gateway.context import RequestContext, Usage
+from proxy.gateway.tokens import TokenCounter
+from proxy.ledger.types import Settlement
 
 
 @pytest.fixture
