@@ -6,8 +6,9 @@ prompts, at the HIGHEST price among the model's deployments, with markup and mul
 are held by prompt, images by `n` times the per-image price. BYOK holds 0 (still reserved: the
 request id is tracked and the list price recorded). An unpriced model is 403 unless BYOK.
 
-Settlement (policies/settlement.py) runs once, from `ctx.cleanup` or earlier through
-`ctx.settle_now`, shielded from cancellation; a renewal timer checkpoints the hold meanwhile.
+Settlement (policies/settlement.py) runs once, from `ctx.cleanup` (which the passthrough closes before it
+sends a non-stream answer, so its headers carry the charge), shielded from cancellation; a renewal
+timer checkpoints the hold meanwhile.
 """
 
 from __future__ import annotations
@@ -96,7 +97,6 @@ class ReserveCredits:
         ctx.hold = await self._reserve(request)
         ctx.response_headers["X-Credits-Held"] = str(ctx.hold.amount)
         settle = Settle(self.books, ctx, model, factor)
-        ctx.settle_now = settle
         ctx.cleanup.push_async_callback(settle)
         # every request, not only streams: a non-stream answer may take longer than the hold's TTL
         # (upstream timeout 600 s vs 120 s), and an expired hold would free credit still being spent.

@@ -111,7 +111,6 @@ class Settle:
                 if result.remaining is not None:
                     ctx.response_headers["X-Credits-Remaining"] = str(result.remaining)
                 self._owner.record(result.status, settlement)
-            ctx.settled = True
         except Exception as exc:  # the hold stays; the sweeper settles it from its checkpoint at expiry
             log.error(
                 "settlement failed; the sweeper will settle request %s at expiry: %s",

@@ -35,8 +35,7 @@ def identify_with(policies: Sequence[Policy]) -> Identify:
     async def identify(request: Request) -> RequestContext:
         headers = {k.lower(): v for k, v in request.headers.items()}
         info = request_info(request.scope)  # the access log's request id, so policy logs correlate
-        ctx = RequestContext(request_id=info.request_id, route="caller", headers=headers, body={},
-                             request_id_from_client=info.from_client)
+        ctx = RequestContext(request_id=info.request_id, route="caller", headers=headers, body={})
         for policy in policies:
             await policy(ctx)
         if ctx.membership is None:

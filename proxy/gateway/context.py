@@ -64,7 +64,6 @@ class RequestContext:
     headers: dict[str, str]  # client request headers, lower-cased names
     body: dict[str, Any]
     api_key: Secret | None = None
-    request_id_from_client: bool = False
     # filled by the chain
     key: ApiKey | None = None
     membership: Membership | None = None
@@ -87,10 +86,7 @@ class RequestContext:
     image_count: int | None = None
     meter: OutputMeter = field(default_factory=OutputMeter)
     failure: str | None = None  # why the request did not complete: a ProxyError code or "client_disconnected"
-    upstream_error: Any = None  # LiteLLM's error body (parsed), for translation
     response_headers: dict[str, str] = field(default_factory=dict)  # gateway headers added to the answer
-    settle_now: Callable[[], Awaitable[None]] | None = None  # settle before a non-stream body is sent
-    settled: bool = False
     cleanup: AsyncExitStack = field(default_factory=AsyncExitStack, repr=False)
 
     def require_key(self) -> ApiKey:

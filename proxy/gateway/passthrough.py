@@ -3,8 +3,8 @@
 Per request: build a RequestContext from the headers, then inside `async with ctx.cleanup` run the
 policy chain (the body is read, bounded, and parsed once, after the policies that need only headers:
 authentication comes first) and forward. Streams are relayed chunk by chunk as they
-arrive (a StreamTap observes usage and text); non-stream answers are read whole, settled through
-`ctx.settle_now` and only then sent. Every failure is a ProxyError rendered in one place; after the
+arrive (a StreamTap observes usage and text); non-stream answers are read whole, settled (the
+request's cleanup is closed early) and only then sent. Every failure is a ProxyError rendered in one place; after the
 first byte it becomes a final `data: {"error": ...}` event without `[DONE]`. A client that leaves
 mid-stream makes us close the LiteLLM connection at once; a non-stream answer is still read (for
 at most `nonstream_drain_seconds`) so its real usage is known. Cleanup runs on every path.
@@ -56,7 +56,7 @@ class Passthrough:
         try:
             async with ctx.cleanup:
                 if await self._admit(ctx, scope, receive, send, info):
-                    info.model = ctx.model or info.model
+                    info.model, info.power_level = ctx.model or info.model, ctx.power_level
                     waited = await self._serve(ctx, receive, send)
         except Exception:  # noqa: BLE001 - the answer is out; a failing cleanup is logged, never a 500
             log.exception("request cleanup failed", extra={"request_id": ctx.request_id})
@@ -174,7 +174,6 @@ class Passthrough:
                 return waited
             out = tap.leftover()
             if not tap.saw_done or tap.upstream_error is not None:
-                ctx.upstream_error = tap.upstream_error
                 raise ProxyError.upstream_failed()
             watch.done = True
             await send({"type": "http.response.body", "body": out, "more_body": False})
@@ -186,8 +185,7 @@ class Passthrough:
                       watch: DisconnectWatch) -> None:
         """Record usage of a whole answer, settle it, then send it (headers carry the settlement)."""
         body = observe_answer(ctx, raw)
-        if ctx.settle_now is not None:
-            await ctx.settle_now()
+        await _finish_early(ctx)
         head = client_response_headers(resp.raw_headers)
         head += gateway_headers(ctx.request_id, ctx.response_headers)
         head.append((b"content-length", str(len(body)).encode()))
@@ -210,13 +208,22 @@ class Passthrough:
         await _send_error(send, err, ctx.request_id, ctx.response_headers)
 
 
+async def _finish_early(ctx: RequestContext) -> None:
+    """Close the request's cleanup (settle, stop the hold's renewal, ...) before a whole answer is sent, so
+    its headers carry the settlement; a failing step is logged and the answer still goes out."""
+    try:
+        await ctx.cleanup.aclose()
+    except Exception:  # noqa: BLE001 - the answer was served; the sweeper settles a hold left behind
+        log.exception("request cleanup failed", extra={"request_id": ctx.request_id})
+
+
 def _context(scope: Scope, info: RequestInfo, route: str) -> RequestContext:
     """The request's context from its headers; the body is read later (`Passthrough._read`)."""
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
     token = bearer_token(headers.get("authorization"))
     return RequestContext(
         request_id=info.request_id, route=route, headers=headers, body={},
-        api_key=Secret(token) if token else None, request_id_from_client=info.from_client,
+        api_key=Secret(token) if token else None,
     )
 
 

@@ -74,9 +74,8 @@ def _text(value: Any) -> str | None:
 
 
 def from_litellm(status: int, body: bytes, headers: Mapping[str, str], ctx: RequestContext) -> ProxyError:
-    """LiteLLM's non-200 answer as the contract's error. Records `ctx.upstream_error`."""
+    """LiteLLM's non-200 answer as the contract's error."""
     error = _error_object(body)
-    ctx.upstream_error = error or None
     type_ = _text(error.get("type")) or ""
     message = _text(error.get("message")) or ""
     if type_ in ("no_db_connection", "budget_exceeded") or status == 422 and "budget" in type_:

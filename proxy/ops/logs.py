@@ -80,15 +80,17 @@ def configure_logging(level: str = "INFO") -> None:
 
 
 class RequestInfo:
-    """What the access line needs, filled in as the request goes (the passthrough sets `model`)."""
+    """What the access line needs, filled in as the request goes (the passthrough sets `model` and
+    `power_level`)."""
 
-    __slots__ = ("from_client", "model", "request_id", "route", "status")
+    __slots__ = ("from_client", "model", "power_level", "request_id", "route", "status")
 
     def __init__(self, request_id_value: str, from_client: bool) -> None:
         self.request_id = request_id_value
         self.from_client = from_client
         self.route: str | None = None
         self.model: str | None = None
+        self.power_level: str | None = None
         self.status = 0
 
 
@@ -109,7 +111,7 @@ def _write_access(info: RequestInfo, method: str, route: str, seconds: float) ->
         "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z",
         "level": "info", "logger": "creditgate.access", "msg": "request", "request_id": info.request_id,
         "method": method, "route": route, "status": info.status or 500, "duration_ms": round(seconds * 1000, 3),
-        "model": info.model,
+        "model": info.model, "power_level": info.power_level,
     }
     try:
         sys.stderr.write(orjson.dumps(line).decode() + "\n")

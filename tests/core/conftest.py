@@ -3,8 +3,8 @@ fake provider, with a tiny test chain instead of the billing policies.
 
 The test chain (`Probe`) records every RequestContext by request id and signals when its cleanup
 ran; headers steer it: `x-test-byok: <key>` injects a member key (ctx.byok, provider "openai"),
-`x-test-platform-key: <key>` injects a key without marking it BYOK, `x-test-settle: 1` installs a
-`settle_now` that records when it ran and adds X-Credits-Charged, `x-test-crash: policy|cleanup`
+`x-test-platform-key: <key>` injects a key without marking it BYOK, `x-test-settle: 1` pushes a
+cleanup step that records when it ran and adds X-Credits-Charged, `x-test-crash: policy|cleanup`
 makes the policy or its cleanup step raise.
 """
 
@@ -69,9 +69,8 @@ class Probe:
             async def settle() -> None:
                 self.settled_at[ctx.request_id] = time.monotonic()
                 ctx.response_headers["X-Credits-Charged"] = "1234"
-                ctx.settled = True
 
-            ctx.settle_now = settle
+            ctx.cleanup.push_async_callback(settle)
 
     def context(self, request_id: str, timeout: float = 10.0) -> RequestContext:
         """The request's context once its cleanup has run."""

@@ -44,7 +44,7 @@ def test_sync_nonstream_matches_litellm(gateway: Gateway, litellm: services.Serv
     ctx = gateway.probe.context(rid)
     assert (ctx.usage.prompt_tokens, ctx.usage.completion_tokens) == (3, 4)  # type: ignore[union-attr]
     assert ctx.deployment_id == "fake-small-1"
-    assert ctx.upstream_status == 200 and ctx.failure is None and ctx.request_id_from_client
+    assert ctx.upstream_status == 200 and ctx.failure is None and ctx.request_id == rid
 
 
 def test_sync_stream_without_usage_never_shows_the_usage_chunk(gateway: Gateway, litellm: services.Service) -> None:

@@ -183,8 +183,8 @@ async def run(credits: ReserveCredits, ctx: RequestContext, serve: Serve) -> Non
 def answered(usage: Usage | None, deployment: str | None = None) -> Serve:
     async def serve(ctx: RequestContext) -> None:
         ctx.upstream_status, ctx.deployment_id, ctx.usage = 200, deployment, usage
-        if not ctx.stream and ctx.settle_now is not None:
-            await ctx.settle_now()
+        if not ctx.stream:  # the passthrough settles a whole answer before sending it
+            await ctx.cleanup.aclose()
         ctx.response_started = True
 
     return serve

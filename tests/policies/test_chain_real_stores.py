@@ -72,8 +72,7 @@ async def through_chain(stack: Stack, ctx: RequestContext, usage: Usage | None, 
             await policy(ctx)
         ctx.upstream_status, ctx.deployment_id, ctx.usage = 200, deployment, usage
         if not ctx.stream:
-            assert ctx.settle_now is not None
-            await ctx.settle_now()
+            await ctx.cleanup.aclose()
         ctx.response_started = True
 
 
