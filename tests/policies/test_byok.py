@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from cryptography.fernet import Fernet
-from policy_support import FakeDirectory, make_ctx, member
 
 from policies.byok import InjectProviderKey
 from proxy.config.catalogue import Catalogue
@@ -13,6 +12,7 @@ from proxy.directory.crypto import KeyBox
 from proxy.directory.types import StoredProviderKey
 from proxy.errors import ProxyError
 from proxy.gateway.context import RequestContext
+from tests.policies.policy_support import FakeDirectory, make_ctx, member
 
 
 def ctx_for(model: str) -> RequestContext:

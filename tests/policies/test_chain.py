@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from policy_support import FakeDirectory, FakeLedger
 
 from policies import (
     Authenticate,
@@ -20,6 +19,7 @@ from proxy.directory.crypto import KeyBox
 from proxy.gateway.tokens import TokenCounter
 from proxy.ledger.types import Settlement
 from proxy.ops.metrics import Metrics
+from tests.policies.policy_support import FakeDirectory, FakeLedger
 
 
 class NoKeys:

@@ -10,7 +10,14 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
-from policy_support import (
+
+from proxy.config.catalogue import Catalogue
+from proxy.config.policy import PolicyConfig
+from proxy.errors import ProxyError
+from proxy.gateway.context import RequestContext, Usage
+from proxy.gateway.tokens import TokenCounter
+from proxy.ledger.types import Settlement
+from tests.policies.policy_support import (
     MESSAGES,
     PRICES,
     FakeLedger,
@@ -21,13 +28,6 @@ from policy_support import (
     prompt_bound,
     run,
 )
-
-from proxy.config.catalogue import Catalogue
-from proxy.config.policy import PolicyConfig
-from proxy.errors import ProxyError
-from proxy.gateway.context import RequestContext, Usage
-from proxy.gateway.tokens import TokenCounter
-from proxy.ledger.types import Settlement
 
 LEVEL_MODELS = {  # a model of each level that each tier may use
     ("eco", "free"): "fake-small", ("balanced", "free"): "fake-gpt-4o-mini", ("precision", "free"): "mock-gpt",

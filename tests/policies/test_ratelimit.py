@@ -11,7 +11,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from policy_support import FakeDirectory, FakeLedger, member
 
 from devstack import services
 from policies import (
@@ -32,6 +31,7 @@ from proxy.errors import ProxyError
 from proxy.gateway.context import RequestContext, Usage
 from proxy.gateway.tokens import TokenCounter
 from proxy.ops.metrics import Metrics
+from tests.policies.policy_support import FakeDirectory, FakeLedger, member
 
 POLICY = """
 credits_per_usd: 1000

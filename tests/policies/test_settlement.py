@@ -8,7 +8,6 @@ import logging
 from typing import Any
 
 import pytest
-from policy_support import MESSAGES, PRICES, FakeLedger, Records, admitted, answered, credits_for, expected, run
 
 from policies.credits import ReserveCredits
 from proxy.config.catalogue import Catalogue
@@ -17,6 +16,17 @@ from proxy.errors import ProxyError
 from proxy.gateway.context import RequestContext, Usage
 from proxy.gateway.tokens import TokenCounter
 from proxy.ledger.types import Settlement
+from tests.policies.policy_support import (
+    MESSAGES,
+    PRICES,
+    FakeLedger,
+    Records,
+    admitted,
+    answered,
+    credits_for,
+    expected,
+    run,
+)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.core.conftest import Gateway, GatewayFactory, chat
+from tests.gateway.conftest import Gateway, GatewayFactory, chat
 
 
 @pytest.fixture(scope="module")

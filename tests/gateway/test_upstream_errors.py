@@ -11,7 +11,7 @@ from devstack import services
 from proxy.config.settings import Secret
 from proxy.gateway.context import RequestContext
 from proxy.gateway.upstream_errors import from_litellm, scrub
-from tests.core.conftest import Gateway, GatewayFactory, chat, new_request_id
+from tests.gateway.conftest import Gateway, GatewayFactory, chat, new_request_id
 
 
 def error(status: int, type_: str, code: str, message: str, param: str | None = None) -> tuple[int, dict[str, Any]]:

@@ -1,40 +1,17 @@
-"""Logs are JSON lines without secrets; metrics add up across worker processes."""
+"""Prometheus metrics: bounded labels, and counts that add up across worker processes."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
-import orjson
-import pytest
 
-from tests.core.conftest import Gateway, chat
+from tests.gateway.conftest import Gateway, chat
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def test_access_line_is_json_without_secrets(gateway: Gateway, capfd: pytest.CaptureFixture[str]) -> None:
-    with gateway.http() as http:
-        http.post("/v1/chat/completions?token=sk-in-query", json=chat(fake_chunks=1),
-                  headers={"authorization": "Bearer sk-client-secret-in-log-test", "x-request-id": "log-line-1",
-                           "x-test-byok": "sk-member-secret-in-log-test"})
-    err, deadline = "", time.monotonic() + 10
-    while '"logger":"creditgate.access"' not in err and time.monotonic() < deadline:
-        time.sleep(0.02)  # the access line is written when the response has ended, after cleanup
-        err += capfd.readouterr().err
-    lines = [orjson.loads(line) for line in err.splitlines() if "log-line-1" in line]
-    access = [line for line in lines if line["logger"] == "creditgate.access"]
-    assert len(access) == 1
-    line = access[0]
-    assert {k: line[k] for k in ("request_id", "route", "status", "model", "method")} == {
-        "request_id": "log-line-1", "route": "/v1/chat/completions", "status": 200, "model": "fake-small",
-        "method": "POST"}
-    assert isinstance(line["duration_ms"], float)
-    assert "sk-" not in str(lines)
 
 
 def test_metrics_add_up_across_processes(tmp_path: Path) -> None:

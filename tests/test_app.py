@@ -14,7 +14,7 @@ from starlette.routing import Route
 from devstack import services
 from proxy.app import Step, create_app
 from proxy.gateway.context import RequestContext
-from tests.core.conftest import ServerThread, chat, make_settings
+from tests.gateway.conftest import ServerThread, chat, make_settings
 
 
 def step(events: list[str], name: str, *, fail: bool = False) -> Step:

@@ -96,49 +96,6 @@ async def test_settle_unknown_request(org: PgLedger) -> None:
     assert (exc.value.status, exc.value.code) == (404, "request_not_found")
 
 
-async def test_grants_net_overage_and_adjustments(org: PgLedger, db: asyncpg.Connection) -> None:
-    await org.reserve(hold(ORG, U1, "r1", 1000))
-    await org.settle(ORG, "r1", usage(1300))
-    assert await pool_state(db, ORG) == (1000, 1000, 0, 300)
-    assert (await org.pool(ORG))["available"] == 0
-    with pytest.raises(ProxyError) as exc:  # overage blocks admission
-        await org.reserve(hold(ORG, U1, "r2", 0))
-    assert exc.value.code == "org_pool_exhausted"
-    g = await org.grant(ORG, 500, "top up", "g2", None, "operator")
-    assert (g["replayed"], g["pool"]["balance"], g["pool"]["available"]) == (False, 200, 200)
-    assert await pool_state(db, ORG) == (1500, 1300, 0, 0)
-    replay = await org.grant(ORG, 500, "top up", "g2", None, "operator")
-    assert (replay["replayed"], replay["id"]) == (True, g["id"])
-    with pytest.raises(ProxyError) as exc:
-        await org.grant(ORG, 501, "top up", "g2", None, "operator")
-    assert (exc.value.status, exc.value.code) == (409, "idempotency_key_reused")
-    with pytest.raises(ProxyError) as exc:
-        await org.adjust(ORG, -201, "fix", "a1", "operator")
-    assert (exc.value.status, exc.value.code) == (400, "invalid_value")
-    adj = await org.adjust(ORG, -200, "fix", "a1", "operator")
-    assert adj["pool"]["available"] == 0
-    rows, more = await org.entries(ORG, user_id=None, limit=2, after=None)
-    assert [r["kind"] for r in rows] == ["adjustment", "grant"] and more
-    rows2, more2 = await org.entries(ORG, user_id=None, limit=10, after=rows[-1]["id"])
-    assert [r["kind"] for r in rows2] == ["post", "hold", "grant"] and not more2
-    assert await violations(db) == []
-
-
-async def test_usage_and_provider_usage(org: PgLedger) -> None:
-    await org.reserve(hold(ORG, U1, "r1", 100))
-    await org.settle(ORG, "r1", usage(40, prompt=7, completion=3))
-    await org.reserve(hold(ORG, U2, "r2", 0, byok=True))
-    await org.settle(ORG, "r2", usage(0, prompt=5, completion=2, list_price=90))
-    assert await org.usage(ORG, group_by="user", user_id=None, start=None, end=None) == [
-        {"user": U1, "requests": 1, "prompt_tokens": 7, "completion_tokens": 3, "charged_millicredits": 40,
-         "list_price_millicredits": 40},
-        {"user": U2, "requests": 1, "prompt_tokens": 5, "completion_tokens": 2, "charged_millicredits": 0,
-         "list_price_millicredits": 90}]
-    assert await org.provider_usage(ORG, U2, "openai") == {
-        "requests": 1, "prompt_tokens": 5, "completion_tokens": 2, "list_price_millicredits": 90}
-    assert (await org.provider_usage(ORG, U1, "openai"))["requests"] == 0
-
-
 async def test_unbatched_mode_gives_the_same_answers(ledger_db: str, db: asyncpg.Connection) -> None:
     lg = await PgLedger.connect(ledger_db, hold_ttl_seconds=60, batching=False)
     try:

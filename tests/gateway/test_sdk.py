@@ -7,7 +7,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from devstack import services
-from tests.core.conftest import Gateway, chat, new_request_id
+from tests.gateway.conftest import Gateway, chat, new_request_id
 
 # 2 words + 1 per message = 3 prompt tokens at the fake provider
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi there"}]

@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 
 from devstack import services
-from tests.core.conftest import Gateway, GatewayFactory, Provider, chat, new_request_id
+from tests.gateway.conftest import Gateway, GatewayFactory, Provider, chat, new_request_id
 
 
 async def _post(gateway: Gateway, body: dict[str, object], rid: str) -> tuple[aiohttp.ClientSession,

@@ -7,8 +7,7 @@ from openapi_spec_validator import validate
 from starlette.applications import Starlette
 
 from proxy.api.openapi import openapi_routes
-
-from .conftest import POWER_LEVELS, TIERS
+from tests.admin.conftest import POWER_LEVELS, TIERS
 
 ADMIN = {
     "/admin/orgs": {"get", "post"},

@@ -8,13 +8,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from policy_support import FakeDirectory
 
 from devstack import services
 from proxy.config.settings import Secret
 from proxy.directory.keycache import BroadcastFailed, KeyCache
 from proxy.directory.types import ApiKey
 from proxy.errors import ProxyError
+from tests.policies.policy_support import FakeDirectory
 
 HASH = "a" * 64
 KEY = ApiKey("key_1", "usr_1", None, False)

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from devstack import services
-from tests.core.conftest import Gateway, Provider, chat, new_request_id
+from tests.gateway.conftest import Gateway, Provider, chat, new_request_id
 
 SMUGGLED: dict[str, Any] = {
     "api_key": "sk-client-smuggled-key",
