@@ -3,7 +3,7 @@
 bench.gateway's run (direct, bare passthrough, LiteLLM; same fake provider, same load, same tables)
 with two creditgate gateways side by side:
 - `empty`: create_app with the empty chain (the core: body, forward, stream, meter; no money);
-- `full`: create_app as `creditgate serve` builds it (proxy/runtime.py): authenticate the API key
+- `full`: create_app as `creditgate serve` builds it (proxy/app.py): authenticate the API key
   (key cache + Redis), resolve the org, power level and model rewrite, BYOK check, reserve and
   settle in PostgreSQL (group commit), the sweeper running.
 It starts its own PostgreSQL (fsync and synchronous_commit on, as in production) and Redis on
@@ -50,24 +50,24 @@ def full_app(upstream: str) -> Starlette:
     """The whole product (create_app without `policies`) from the CREDITGATE_* environment that
     `main` exports, forwarding to `upstream` (the bench's fake provider) instead of LiteLLM."""
     from proxy.app import create_app
-    from proxy.settings import Settings
+    from proxy.config.settings import Settings
 
     return create_app(dataclasses.replace(Settings.from_env(), upstream_url=upstream.rstrip("/")))
 
 
 def _prefix_app(upstream: str, stop: str, *, inclusive: bool) -> Starlette:
     """The whole product, but its chain cut at the policy class named `stop` (kept if `inclusive`).
-    Bench only: this replaces Product.policies in this gateway's own process."""
-    from proxy.runtime import Product
+    Bench only: this replaces the composition root's `default_policies` in this gateway's own process."""
+    from proxy import app
 
-    whole = Product.policies
+    whole = app.default_policies
 
-    def policies(self: Product, state: Any) -> tuple[Any, ...]:
-        chain = whole(self, state)
+    def policies(**parts: Any) -> tuple[Any, ...]:
+        chain = whole(**parts)
         names = [type(p).__name__ for p in chain]
         return chain[:names.index(stop) + inclusive]  # ValueError (the gateway does not start): renamed
 
-    setattr(Product, "policies", policies)  # noqa: B010 - a method replaced for this process only
+    app.default_policies = policies  # type: ignore[assignment]  # for this process only
     return full_app(upstream)
 
 
@@ -104,9 +104,9 @@ class Seeded:
 async def seed(dsn: str) -> Seeded:
     """Migrates `dsn`, then one starter org with CREDIT_MILLICREDITS, one default member without an
     allocation cap, and one API key bound to that org (through the product's own stores)."""
-    from proxy.directory import PgDirectory
-    from proxy.ledger import PgLedger
-    from proxy.migrate import migrate
+    from proxy.db.migrate import migrate
+    from proxy.directory.pg import PgDirectory
+    from proxy.ledger.pg import PgLedger
 
     await migrate(dsn)
     ledger = await PgLedger.connect(dsn, hold_ttl_seconds=120, max_size=2)
@@ -182,7 +182,7 @@ def main() -> None:
     parser.add_argument("--breakdown", action="store_true", help="also measure prefixes of the chain")
     parser.add_argument("--rate-limits", action="store_true", help="give the starter tier (unreached) rate limits")
     args = parser.parse_args()
-    from proxy.verify import main_verify
+    from proxy.ledger.verify import main_verify
 
     started = time.monotonic()
     _pin(args.db_cpus or args.cpus)

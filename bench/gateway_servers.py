@@ -73,7 +73,7 @@ def _load(spec: str) -> Any:
 
 def gateway_app(upstream: str, chain: str | None, log_level: str) -> Any:
     from proxy.app import create_app
-    from proxy.settings import Secret, Settings
+    from proxy.config.settings import Secret, Settings
 
     settings = Settings(
         database_url=Secret("postgresql://bench@127.0.0.1:1/bench"), redis_url=Secret("redis://127.0.0.1:1/0"),

@@ -21,11 +21,12 @@ from decimal import Decimal
 import asyncpg
 
 from devstack import services
-from proxy.context import HoldRequest, Settlement
+from proxy.db.migrate import migrate
+from proxy.db.pool import create_pool
 from proxy.errors import ProxyError
-from proxy.ledger import PgLedger, create_pool
-from proxy.migrate import migrate
-from proxy.verify import verify
+from proxy.ledger.pg import PgLedger
+from proxy.ledger.types import HoldRequest, Settlement
+from proxy.ledger.verify import verify
 
 CONCURRENCY = (1, 32, 128)
 POOLS = (1, 1000)

@@ -19,11 +19,13 @@ from policies.model import RewriteModel
 from policies.org import ResolveOrg
 from policies.ratelimit import RateLimit
 from policies.settlement import Record
-from proxy.context import Directory, Ledger, Policy
-from proxy.crypto import KeyBox
-from proxy.policy_config import PolicyConfig
-from proxy.pricing import Catalogue
-from proxy.tokens import TokenCounter
+from proxy.config.catalogue import Catalogue
+from proxy.config.policy import PolicyConfig
+from proxy.directory.crypto import KeyBox
+from proxy.directory.types import Directory
+from proxy.gateway.context import Policy
+from proxy.gateway.tokens import TokenCounter
+from proxy.ledger.types import Ledger
 
 __all__ = [
     "Authenticate",

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 from typing import Protocol
 
-from proxy.context import ApiKey, RequestContext
+from proxy.config.settings import Secret
+from proxy.directory.types import ApiKey
 from proxy.errors import ProxyError
-from proxy.settings import Secret
+from proxy.gateway.context import RequestContext
 
 
 class KeyLookup(Protocol):
@@ -33,7 +34,7 @@ def bearer(headers: dict[str, str]) -> Secret | None:
 class Authenticate:
     """Sets `ctx.key`; 401 `invalid_api_key` (missing or unknown) or `revoked_api_key`."""
 
-    reads_body = False  # runs before the body is read (proxy/passthrough.py)
+    reads_body = False  # runs before the body is read (proxy/gateway/passthrough.py)
 
     def __init__(self, keys: KeyLookup) -> None:
         self._keys = keys

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from proxy.context import Directory, RequestContext, StoredProviderKey
-from proxy.crypto import KeyBox, UndecryptableKey
+from proxy.config.catalogue import Catalogue
+from proxy.directory.crypto import KeyBox, UndecryptableKey
+from proxy.directory.types import Directory, StoredProviderKey
 from proxy.errors import ProxyError
-from proxy.pricing import Catalogue
+from proxy.gateway.context import RequestContext
 
 log = logging.getLogger("creditgate.policies")
 

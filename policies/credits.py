@@ -6,8 +6,9 @@ prompts, at the HIGHEST price among the model's deployments, with markup and mul
 are held by prompt, images by `n` times the per-image price. BYOK holds 0 (still reserved: the
 request id is tracked and the list price recorded). An unpriced model is 403 unless BYOK.
 
-Settlement (policies/settlement.py) runs once, from `ctx.cleanup` or earlier through
-`ctx.settle_now`, shielded from cancellation; a renewal timer checkpoints the hold meanwhile.
+Settlement (policies/settlement.py) runs once, from `ctx.cleanup` (which the passthrough closes before it
+sends a non-stream answer, so its headers carry the charge), shielded from cancellation; a renewal
+timer checkpoints the hold meanwhile.
 """
 
 from __future__ import annotations
@@ -20,18 +21,13 @@ from typing import Any
 
 from policies.model import OUTPUT_CAPS
 from policies.settlement import IMAGES, Books, Record, Settle, requested
-from proxy import pricing
-from proxy.context import (
-    Hold,
-    HoldRequest,
-    Ledger,
-    OutputMeter,
-    RequestContext,
-)
+from proxy.config.catalogue import Catalogue, Model
+from proxy.config.policy import PolicyConfig
 from proxy.errors import ProxyError
-from proxy.policy_config import PolicyConfig
-from proxy.pricing import Catalogue, Model
-from proxy.tokens import TokenCounter, bound, large_prompt, prompt_count
+from proxy.gateway.context import OutputMeter, RequestContext
+from proxy.gateway.tokens import TokenCounter, bound, large_prompt, prompt_count
+from proxy.ledger import tariffs
+from proxy.ledger.types import Hold, HoldRequest, Ledger
 
 log = logging.getLogger("creditgate.credits")
 
@@ -64,7 +60,7 @@ class ReserveCredits:
         self._balances = balances
         self._checkpoint_seconds = checkpoint_seconds or policy.hold_ttl_seconds / 3
         self._orphans: set[asyncio.Task[None]] = set()
-        self._rate_cache: dict[tuple[str, Decimal], tuple[pricing.Rates, pricing.Rates]] = {}
+        self._rate_cache: dict[tuple[str, Decimal], tuple[tariffs.Rates, tariffs.Rates]] = {}
 
     async def __call__(self, ctx: RequestContext) -> None:
         key, member = ctx.require_key(), ctx.require_membership()
@@ -74,7 +70,7 @@ class ReserveCredits:
             raise RuntimeError("RewriteModel must run before ReserveCredits")
         if not model.priced() and not ctx.byok:
             raise ProxyError.permission("model_not_priced", f"The model '{model.name}' has no price configured.")
-        factor = pricing.factor(tier.markup, ctx.multiplier)
+        factor = tariffs.factor(tier.markup, ctx.multiplier)
         if not ctx.byok and self._balances is not None and large_prompt(ctx.body):
             # tokenizing megabytes costs CPU every tenant shares: first make sure the hold could fit at all
             await self._affordable(member.org_id, member.user_id, self.tariff(model.highest, factor).charge(
@@ -101,7 +97,6 @@ class ReserveCredits:
         ctx.hold = await self._reserve(request)
         ctx.response_headers["X-Credits-Held"] = str(ctx.hold.amount)
         settle = Settle(self.books, ctx, model, factor)
-        ctx.settle_now = settle
         ctx.cleanup.push_async_callback(settle)
         # every request, not only streams: a non-stream answer may take longer than the hold's TTL
         # (upstream timeout 600 s vs 120 s), and an expired hold would free credit still being spent.
@@ -128,15 +123,15 @@ class ReserveCredits:
                 "user_allocation_exhausted", f"Your allocation in this organization cannot cover this request (at "
                 f"least {floor} millicredits would be held).")
 
-    def _rates(self, model: Model, factor: Decimal) -> tuple[pricing.Rates, pricing.Rates]:
+    def _rates(self, model: Model, factor: Decimal) -> tuple[tariffs.Rates, tariffs.Rates]:
         """(charged, list) millicredit rates at the model's highest price; few distinct keys (models x
         tiers x levels), so they are computed once each."""
         key = (model.name, factor)
         if key not in self._rate_cache:
             cpu = self._policy.credits_per_usd
             self._rate_cache[key] = (
-                pricing.millicredit_rates(model.highest, cpu, factor),
-                pricing.millicredit_rates(model.highest, cpu),
+                tariffs.millicredit_rates(model.highest, cpu, factor),
+                tariffs.millicredit_rates(model.highest, cpu),
             )
         return self._rate_cache[key]
 

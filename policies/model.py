@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from proxy.context import RequestContext
+from proxy.config.catalogue import Catalogue, Model
+from proxy.config.policy import PolicyConfig, PowerLevel, Tier
 from proxy.errors import ProxyError
-from proxy.params import forwardable
-from proxy.policy_config import PolicyConfig, PowerLevel, Tier
-from proxy.pricing import Catalogue, Model
+from proxy.gateway.context import RequestContext
+from proxy.gateway.params import forwardable
 
 log = logging.getLogger("creditgate.policies")
 
@@ -33,7 +33,7 @@ class RewriteModel:
     level's first model the org's tier allows. The level (and the model's own `max_output_tokens`)
     caps `max_tokens` / `max_completion_tokens`; when neither is sent, `max_tokens` is injected so the
     hold is bounded. `n` and `best_of` must be positive integers. The body keeps only what LiteLLM may
-    receive for the model (proxy/params.py: the route's OpenAI parameters plus the policy file's
+    receive for the model (proxy/gateway/params.py: the route's OpenAI parameters plus the policy file's
     `forward_params`); any other field is 400 `invalid_value`, before anything is held.
     """
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from proxy.context import Directory, Membership, RequestContext
+from proxy.directory.types import Directory, Membership
 from proxy.errors import ProxyError
+from proxy.gateway.context import RequestContext
 
 log = logging.getLogger("creditgate.policies")
 
@@ -19,7 +20,7 @@ class ResolveOrg:
     else 403 `no_organization`. A header naming an unknown org, one the user is not in, or one other
     than the key's bound org is 403 `not_a_member`; a suspended org or member is 403 `suspended`."""
 
-    reads_body = False  # runs before the body is read (proxy/passthrough.py)
+    reads_body = False  # runs before the body is read (proxy/gateway/passthrough.py)
 
     def __init__(self, directory: Directory) -> None:
         self._directory = directory

@@ -33,9 +33,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from proxy.context import Membership, RequestContext
+from proxy.config.policy import PolicyConfig
+from proxy.directory.types import Membership
 from proxy.errors import ProxyError
-from proxy.policy_config import PolicyConfig
+from proxy.gateway.context import RequestContext
 
 log = logging.getLogger("creditgate.ratelimit")
 
@@ -77,11 +78,11 @@ class RateLimit:
     """Refuses a member's request with 429 `rate_limited` (and `Retry-After`) when their tier's
     `rpm` or `tpm` is used up in the current window; tiers without limits never touch Redis.
 
-    `redis` should have short socket timeouts and no retries (proxy/runtime.py builds it): its
+    `redis` should have short socket timeouts and no retries (proxy/app.py builds it): its
     timeout is how long a slow Redis may delay a request before the limit is skipped.
     """
 
-    reads_body = False  # runs before the body is read (proxy/passthrough.py)
+    reads_body = False  # runs before the body is read (proxy/gateway/passthrough.py)
 
     def __init__(
         self,

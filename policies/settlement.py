@@ -14,10 +14,11 @@ from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import TypeVar
 
-from proxy import pricing
-from proxy.context import ESTIMATE, PROVIDER, Ledger, RequestContext, Settlement, Usage
+from proxy.config.catalogue import Model, Price
 from proxy.errors import ProxyError
-from proxy.pricing import Model
+from proxy.gateway.context import RequestContext, Usage
+from proxy.ledger import tariffs
+from proxy.ledger.types import ESTIMATE, PROVIDER, Ledger, Settlement
 
 log = logging.getLogger("creditgate.credits")
 T = TypeVar("T")
@@ -46,13 +47,13 @@ class Books:
         self.on_overage = on_overage or (lambda model, millicredits: None)
         self._credits_per_usd = credits_per_usd
         self._retry_seconds = retry_seconds
-        self._tariffs: dict[tuple[pricing.Price, Decimal], pricing.Tariff] = {}
+        self._tariffs: dict[tuple[Price, Decimal], tariffs.Tariff] = {}
 
-    def tariff(self, price: pricing.Price, factor: Decimal) -> pricing.Tariff:
+    def tariff(self, price: Price, factor: Decimal) -> tariffs.Tariff:
         """The integer tariff of `price` at `factor`, computed once per (price, factor)."""
         key = (price, factor)
         if key not in self._tariffs:
-            self._tariffs[key] = pricing.Tariff.of(price, self._credits_per_usd, factor)
+            self._tariffs[key] = tariffs.Tariff.of(price, self._credits_per_usd, factor)
         return self._tariffs[key]
 
     async def retry(self, call: Callable[[], Awaitable[T]]) -> T:
@@ -110,7 +111,6 @@ class Settle:
                 if result.remaining is not None:
                     ctx.response_headers["X-Credits-Remaining"] = str(result.remaining)
                 self._owner.record(result.status, settlement)
-            ctx.settled = True
         except Exception as exc:  # the hold stays; the sweeper settles it from its checkpoint at expiry
             log.error(
                 "settlement failed; the sweeper will settle request %s at expiry: %s",

@@ -1,20 +1,27 @@
-"""The composition root: `create_app()` builds the whole gateway; nothing happens at import.
+"""The composition root: `create_app()` builds the whole gateway, its lifespan opens it; nothing happens at
+import and nothing is attached after construction.
 
-Routes (CONTRACT.md, Client API), under `/v1` and `/api/v1/llm`: POST chat/completions,
-completions, embeddings, images/generations (the billed passthrough, raw ASGI); GET models and
-models/{id} (LiteLLM's list, header-filtered). `routes` given to create_app come first, so a route
-there replaces a default one (e.g. per-caller /v1/models). `/healthz`, `/readyz`, `/metrics`.
-Any other route or method is 404 `route_not_found`: nothing passes through unbilled.
+Routes (CONTRACT.md, Client API), under `/v1` and `/api/v1/llm`: POST chat/completions, completions,
+embeddings, images/generations (the billed passthrough, raw ASGI); the caller's and the operator's JSON
+APIs; GET models and models/{id}; `/healthz`, `/readyz`, `/metrics`, `/openapi.json`. `routes` given to
+create_app come first, so a route there replaces a default one. Any other route or method is 404
+`route_not_found` (a trailing slash included): nothing passes through unbilled.
+
+Everything that holds a connection or a task is a `Part` (`open()` / `close()`); the lifespan opens them
+in order on one exit stack, so a part that fails to open closes every part opened before it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from typing import Any
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from starlette.applications import Starlette
-from starlette.datastructures import State
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -22,58 +29,91 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from proxy.context import Policy
+from policies import default_policies
+from policies.auth import Authenticate
+from policies.org import ResolveOrg
+from policies.ratelimit import redis_client as rate_limit_redis
+from proxy.admin.routes import admin_routes
+from proxy.api.openapi import openapi_routes
+from proxy.caller.common import identify_with
+from proxy.caller.probe import litellm_probe
+from proxy.caller.routes import caller_routes
+from proxy.config.catalogue import Catalogue, check_policy, load_catalogue
+from proxy.config.policy import PolicyConfig, load_policy
+from proxy.config.settings import Settings
+from proxy.db.pool import Database
+from proxy.directory.crypto import KeyBox
+from proxy.directory.keycache import KeyCache
+from proxy.directory.membership_cache import CachedMemberships
+from proxy.directory.pg import PgDirectory
 from proxy.errors import ProxyError
-from proxy.headers import client_response_headers
-from proxy.health import Readiness, ReadyCheck, healthz, metrics_endpoint
-from proxy.logs import AccessLog, configure_logging
-from proxy.metrics import Metrics, configured_models
-from proxy.passthrough import Passthrough
-from proxy.runtime import Product
-from proxy.settings import Settings
-from proxy.upstream import Upstream
+from proxy.gateway.context import Policy
+from proxy.gateway.headers import client_response_headers
+from proxy.gateway.params import check_forward_params
+from proxy.gateway.passthrough import Passthrough
+from proxy.gateway.tokens import TokenCounter
+from proxy.gateway.upstream import Upstream
+from proxy.ledger.pg import PgLedger
+from proxy.ledger.sweeper import Sweeper
+from proxy.ops.health import Readiness, ReadyCheck, healthz, metrics_endpoint
+from proxy.ops.logs import AccessLog, configure_logging
+from proxy.ops.metrics import Metrics, configured_models
 
+log = logging.getLogger("creditgate.app")
 PREFIXES = ("/v1", "/api/v1/llm")
 BILLED_ROUTES = ("chat/completions", "completions", "embeddings", "images/generations")
-PolicySource = Sequence[Policy] | Callable[[State], Sequence[Policy]]
-Resource = Callable[[State], AbstractAsyncContextManager[Any]]
+RATE_LIMIT_TIMEOUT = 0.1  # seconds: a slow or absent Redis delays a request this long at most
+
+
+class Part(Protocol):
+    """Something the lifespan opens before serving and closes after."""
+
+    def open(self) -> Awaitable[None]: ...
+
+    def close(self) -> Awaitable[None]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """A `Part` from two callables (either may do nothing)."""
+
+    open: Callable[[], Awaitable[None]]
+    close: Callable[[], Awaitable[None]]
+
+
+async def _nothing() -> None:
+    return None
 
 
 def create_app(
     settings: Settings | None = None,
     *,
-    policies: PolicySource | None = None,
+    policies: Sequence[Policy] | None = None,
     routes: Sequence[BaseRoute] = (),
     ready_checks: Sequence[ReadyCheck] = (),
-    resources: Sequence[Resource] = (),
+    parts: Sequence[Part] = (),
 ) -> Starlette:
-    """The gateway app. Without `policies` it is the whole product (proxy/runtime.py: the ledger, the
-    directory, the policy chain, the caller and admin routes); tests of the core pass their own chain.
-    `app.state` holds settings, metrics and upstream from the start. The lifespan
-    opens the upstream session, then enters each of `resources` (`(app.state) -> async context
-    manager`, e.g. the asyncpg pool, Redis, the sweeper; each may put what it opens on app.state),
-    then evaluates `policies`: the chain, or a factory `(app.state) -> chain`. All close in reverse."""
+    """The gateway app. Without `policies` it is the whole product: the ledger and the directory on
+    PostgreSQL, the key cache and the rate limits on Redis, the sweeper, the policy chain, the caller and
+    admin routes (the configuration files are read now: a mistake stops start-up with one line per
+    problem). Tests of the gateway core pass their own chain (and `parts`, opened after the upstream)."""
     settings = settings or Settings.from_env()
-    product = Product(settings) if policies is None else None  # loads the policy file and model list now
-    if product is not None:
-        policies, resources = product.policies, (*resources, product.resource)
-        ready_checks = (*ready_checks, product.postgres, product.redis)
     configure_logging(settings.log_level)
     metrics = Metrics(configured_models(settings.litellm_config))
     upstream = Upstream(settings)
-    passthroughs = [Passthrough(route, upstream, settings, metrics) for route in BILLED_ROUTES]
+    if policies is None:
+        product = _billing(settings, upstream, metrics)
+        policies, routes = product.chain, (*routes, *product.routes)
+        ready_checks, parts = (*ready_checks, *product.checks), (*parts, *product.parts)
+    chain = tuple(policies)
+    passthroughs = [Passthrough(route, upstream, settings, metrics, chain) for route in BILLED_ROUTES]
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            await upstream.open()
-            stack.push_async_callback(upstream.close)
-            for resource in resources:
-                await stack.enter_async_context(resource(app.state))
-            assert policies is not None
-            chain = tuple(policies if isinstance(policies, Sequence) else policies(app.state))
-            for passthrough in passthroughs:
-                passthrough.policies = chain
+            for part in (upstream, *parts):
+                await part.open()
+                stack.push_async_callback(part.close)
             yield
 
     table: list[BaseRoute] = list(routes)
@@ -86,7 +126,7 @@ def create_app(
                   Route(f"{prefix}/models/{{model_id:path}}", _models(upstream), methods=["GET"])]
     table += [
         Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", Readiness(upstream, ready_checks).endpoint, methods=["GET"]),
+        Route("/readyz", Readiness((upstream.litellm, *ready_checks)).endpoint, methods=["GET"]),
         Route("/metrics", metrics_endpoint(metrics), methods=["GET"]),
     ]
     app = Starlette(
@@ -99,9 +139,108 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.upstream = upstream
-    if product is not None:
-        product.router = app.router
     return app
+
+
+@dataclass(frozen=True, slots=True)
+class _Billing:
+    chain: tuple[Policy, ...]
+    routes: list[BaseRoute]
+    checks: tuple[ReadyCheck, ...]
+    parts: tuple[Part, ...]
+
+
+def load_config(settings: Settings) -> tuple[PolicyConfig, Catalogue]:
+    """The policy file and the model list, checked against each other; `ConfigError` lists every mistake."""
+    policy = load_policy(settings.policy_config)
+    catalogue = load_catalogue(settings.litellm_config)
+    check_policy(policy, catalogue)
+    check_forward_params(policy)
+    return policy, catalogue
+
+
+def _billing(settings: Settings, upstream: Upstream, metrics: Metrics) -> _Billing:
+    """The billing around the core, built (no I/O) for `create_app`."""
+    policy, catalogue = load_config(settings)
+    database = Database(settings.database_url.reveal(), max_size=16)
+    ledger = PgLedger(database, hold_ttl_seconds=float(policy.hold_ttl_seconds))
+    directory = PgDirectory(database)
+    keys = KeyCache(directory, settings.redis_url)
+    keybox = KeyBox(settings.byok_keys)
+    counter = TokenCounter()
+    # the rate limits' client (short timeouts, no retries); also the readiness ping
+    limits = rate_limit_redis(settings.redis_url.reveal(), timeout=RATE_LIMIT_TIMEOUT)
+    sweeper = Sweeper(ledger, float(policy.sweep_interval_seconds), on_expired=metrics.hold_expired)
+    # the chain reads memberships through a one-second cache; reserve re-checks them authoritatively
+    chain = default_policies(keys=keys, directory=CachedMemberships(directory), ledger=ledger, policy=policy,
+                             catalogue=catalogue, keybox=keybox, counter=counter, record=metrics.settled,
+                             on_overage=metrics.overage, balances=ledger.credits, redis=limits,
+                             unenforced=metrics.ratelimit_skipped)
+    tiers, levels = [t.name for t in policy.tiers], [lv.name for lv in policy.power_levels]
+    routes = [
+        *caller_routes(identify=identify_with((Authenticate(keys), ResolveOrg(directory))), ledger=ledger,
+                       directory=directory, catalogue=catalogue, policy=policy, keybox=keybox,
+                       probe=litellm_probe(lambda: upstream.session, settings.upstream_url, settings.upstream_key),
+                       created=int(time.time())),
+        *admin_routes(directory, ledger, admin_token=settings.admin_token, lookup_key=keys.get,
+                      on_revoke=keys.revoke, tiers=tiers, power_levels=levels),
+        *openapi_routes(tiers=tiers, power_levels=levels),
+    ]
+
+    async def redis() -> str:
+        """Redis down degrades (no revocation broadcast, keys read from PostgreSQL), it never stops billing."""
+        try:
+            await limits.ping()
+        except Exception:  # noqa: BLE001 - reported as degraded, logged by the key cache
+            return "degraded"
+        return "ok"
+
+    async def warm() -> None:
+        await asyncio.to_thread(counter.warm)  # load the encoding now, not on the first request
+
+    gauge = _Gauge(ledger, metrics, float(policy.sweep_interval_seconds))
+    parts: tuple[Part, ...] = (
+        database,
+        Step(_nothing, ledger.close),  # opened with the database; flushes its queue before the pool closes
+        Step(keys.start, keys.stop),
+        Step(warm, _nothing),
+        Step(_nothing, limits.aclose),
+        Step(_start(sweeper), sweeper.stop),
+        gauge,
+    )
+    return _Billing(chain, routes, (database.postgres, redis), parts)
+
+
+def _start(sweeper: Sweeper) -> Callable[[], Awaitable[None]]:
+    async def start() -> None:
+        sweeper.start()
+
+    return start
+
+
+class _Gauge:
+    """Keeps the holds-open gauge current (one indexed count per sweep interval)."""
+
+    def __init__(self, ledger: PgLedger, metrics: Metrics, interval: float) -> None:
+        self._ledger, self._metrics, self._interval = ledger, metrics, max(interval, 1.0)
+        self._task: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="creditgate-holds-gauge")
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                self._metrics.set_holds_open(await self._ledger.open_holds())
+            except Exception:  # noqa: BLE001 - a gauge must never take the replica down
+                log.debug("holds gauge not refreshed", exc_info=True)
+            await asyncio.sleep(self._interval)
 
 
 class _BilledFastPath:

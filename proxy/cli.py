@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
 
-from proxy.settings import ConfigError, Settings
+from proxy.config.settings import ConfigError, Settings
 
 
 def _database_url() -> str:
@@ -25,33 +26,41 @@ def _database_url() -> str:
 
 def serve() -> int:
     settings = Settings.from_env()
-    from proxy.runtime import load_config
+    from proxy.app import load_config
 
     load_config(settings)  # a bad policy file or model list stops here, one line per mistake
     import uvicorn
 
+    metrics_dir = None
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        # metrics must add up across worker processes (prometheus_client multiprocess mode)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="creditgate-metrics-")
-    uvicorn.run(
-        "proxy.app:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        server_header=False,
-        log_config=None,
-        timeout_graceful_shutdown=30,
-        lifespan="on",
-    )
+        # metrics must add up across worker processes (prometheus_client multiprocess mode, which reads this
+        # variable in every worker); ours, so removed when the server stops
+        metrics_dir = tempfile.mkdtemp(prefix="creditgate-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        uvicorn.run(
+            "proxy.app:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            server_header=False,
+            log_config=None,
+            timeout_graceful_shutdown=30,
+            lifespan="on",
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     return 0
 
 
 def migrate() -> int:
-    from proxy.migrate import migrate as run_migrations
+    from proxy.db.migrate import migrate as run_migrations
 
     applied = asyncio.run(run_migrations(_database_url()))
     print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
@@ -59,7 +68,7 @@ def migrate() -> int:
 
 
 def verify() -> int:
-    from proxy.verify import main_verify
+    from proxy.ledger.verify import main_verify
 
     return main_verify(_database_url())
 

@@ -12,8 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 
 from devstack import services
+from proxy.config.catalogue import Catalogue, load_catalogue
+from proxy.config.policy import PolicyConfig, load_policy
+from proxy.config.settings import Secret
+from proxy.directory.crypto import KeyBox
+from proxy.gateway.tokens import TokenCounter
 
 ROOT = Path(__file__).resolve().parent.parent
 _db_counter = itertools.count(1)
@@ -61,3 +67,29 @@ def litellm(fake_provider: services.Service) -> Iterator[services.Service]:
     svc = services.start_litellm(config)
     yield svc
     svc.stop()
+
+
+# the shipped configuration files and a BYOK key box, for the unit tests of every folder
+@pytest.fixture(scope="session")
+def policy() -> PolicyConfig:
+    return load_policy(ROOT / "policy.yaml")
+
+
+@pytest.fixture(scope="session")
+def catalogue() -> Catalogue:
+    return load_catalogue(ROOT / "litellm_config.yaml")
+
+
+@pytest.fixture(scope="session")
+def counter() -> TokenCounter:
+    return TokenCounter()
+
+
+@pytest.fixture(scope="session")
+def fernet_key() -> Secret:
+    return Secret(Fernet.generate_key().decode())
+
+
+@pytest.fixture(scope="session")
+def keybox(fernet_key: Secret) -> KeyBox:
+    return KeyBox([fernet_key])

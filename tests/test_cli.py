@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from devstack import services
-from proxy.migrate import discover
+from proxy.db.migrate import discover
 
 CLI = [sys.executable, "-m", "proxy.cli"]
 

@@ -17,12 +17,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from devstack import services
-from proxy.admin import admin_routes
-from proxy.directory import PgDirectory
+from proxy.admin.routes import admin_routes
+from proxy.api.stores import LedgerAdmin
+from proxy.config.settings import Secret
+from proxy.db.migrate import migrate
+from proxy.directory.pg import PgDirectory
 from proxy.errors import ProxyError
-from proxy.migrate import migrate
-from proxy.settings import Secret
-from proxy.stores import LedgerAdmin
 
 from .fakes import FakeLedger
 from .world import World, open_world, seed

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from proxy.db.pool import Row
 from proxy.errors import ProxyError
-from proxy.stores import Row
 
 
 @dataclass

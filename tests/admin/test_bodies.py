@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from proxy.json_api import MAX_BODY_BYTES
+from proxy.api.jsonapi import MAX_BODY_BYTES
 
 from .world import TARGET_A, A, World, headers
 

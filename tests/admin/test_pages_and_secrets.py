@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.apikeys import hash_key
+from proxy.directory.apikeys import hash_key
 
 from .conftest import TOKEN, Admin
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import httpx
 from starlette.applications import Starlette
 
-from proxy.admin import admin_routes
-from proxy.apikeys import hash_key
+from proxy.admin.routes import admin_routes
+from proxy.config.settings import Secret
+from proxy.directory.apikeys import hash_key
 from proxy.errors import ProxyError
-from proxy.settings import Secret
 
 from .conftest import OPERATOR, POWER_LEVELS, TIERS, TOKEN, Admin, bearer, render
 

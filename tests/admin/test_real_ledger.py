@@ -8,9 +8,9 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from proxy.context import PROVIDER, HoldRequest, Settlement
-from proxy.directory import PgDirectory
-from proxy.ledger import PgLedger
+from proxy.directory.pg import PgDirectory
+from proxy.ledger.pg import PgLedger
+from proxy.ledger.types import PROVIDER, HoldRequest, Settlement
 
 from .conftest import Admin, build_app
 

@@ -23,18 +23,19 @@ from starlette.routing import BaseRoute
 from devstack import services
 from policies.auth import Authenticate
 from policies.org import ResolveOrg
-from proxy.admin import admin_routes
+from proxy.admin.routes import admin_routes
 from proxy.app import create_app
-from proxy.caller import caller_routes
-from proxy.caller_common import identify_with
-from proxy.context import ApiKey, HoldRequest, Settlement
-from proxy.crypto import KeyBox, last4
-from proxy.directory import PgDirectory
-from proxy.ledger import PgLedger
-from proxy.migrate import migrate
-from proxy.policy_config import load_policy
-from proxy.pricing import load_catalogue
-from proxy.settings import Secret, Settings
+from proxy.caller.common import identify_with
+from proxy.caller.routes import caller_routes
+from proxy.config.catalogue import load_catalogue
+from proxy.config.policy import load_policy
+from proxy.config.settings import Secret, Settings
+from proxy.db.migrate import migrate
+from proxy.directory.crypto import KeyBox, last4
+from proxy.directory.pg import PgDirectory
+from proxy.directory.types import ApiKey
+from proxy.ledger.pg import PgLedger
+from proxy.ledger.types import HoldRequest, Settlement
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "operator-token-" + "w" * 24

@@ -20,14 +20,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from devstack import services
-from proxy.caller import caller_routes
-from proxy.crypto import KeyBox
-from proxy.directory import PgDirectory
+from proxy.caller.routes import caller_routes
+from proxy.config.catalogue import Catalogue, load_catalogue
+from proxy.config.policy import PolicyConfig, load_policy
+from proxy.config.settings import Secret
+from proxy.db.migrate import migrate
+from proxy.directory.crypto import KeyBox
+from proxy.directory.pg import PgDirectory
 from proxy.errors import ProxyError
-from proxy.migrate import migrate
-from proxy.policy_config import PolicyConfig, load_policy
-from proxy.pricing import Catalogue, load_catalogue
-from proxy.settings import Secret
 
 from .fakes import FakeIdentify, FakeLedger, FakeProbe, member
 

@@ -10,9 +10,10 @@ from typing import Any
 
 from starlette.requests import Request
 
-from proxy.context import Membership, RequestContext
+from proxy.config.settings import Secret
+from proxy.directory.types import Membership
 from proxy.errors import ProxyError
-from proxy.settings import Secret
+from proxy.gateway.context import RequestContext
 
 Row = dict[str, Any]
 

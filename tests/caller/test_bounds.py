@@ -8,17 +8,17 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-import proxy.admin_input
-import proxy.byok_api
-from proxy import json_api
+import proxy.admin.input
+import proxy.caller.byok
+from proxy.api import jsonapi
 
 from .conftest import Caller, answer, error
 
 
 def test_caller_and_admin_bodies_go_through_one_bounded_reader() -> None:
-    assert proxy.byok_api.read_object is json_api.read_object
-    assert proxy.admin_input.read_object is json_api.read_object
-    assert json_api.MAX_BODY_BYTES == 64 * 1024
+    assert proxy.caller.byok.read_object is jsonapi.read_object
+    assert proxy.admin.input.read_object is jsonapi.read_object
+    assert jsonapi.MAX_BODY_BYTES == 64 * 1024
 
 
 class Endless:

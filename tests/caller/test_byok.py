@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from proxy.caller_probe import REJECTED
-from proxy.settings import Secret
+from proxy.caller.probe import REJECTED
+from proxy.config.settings import Secret
 
 from .conftest import Caller, answer, error
 

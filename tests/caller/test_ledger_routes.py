@@ -13,14 +13,14 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from proxy.caller import caller_routes
-from proxy.context import HoldRequest, Settlement
-from proxy.crypto import KeyBox
-from proxy.directory import PgDirectory
+from proxy.caller.routes import caller_routes
+from proxy.config.catalogue import Catalogue
+from proxy.config.policy import PolicyConfig
+from proxy.directory.crypto import KeyBox
+from proxy.directory.pg import PgDirectory
 from proxy.errors import ProxyError
-from proxy.ledger import PgLedger
-from proxy.policy_config import PolicyConfig
-from proxy.pricing import Catalogue
+from proxy.ledger.pg import PgLedger
+from proxy.ledger.types import HoldRequest, Settlement
 
 from .conftest import TOKENS, answer, error, render
 from .fakes import FakeIdentify, FakeProbe

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from proxy.models_api import usable
-from proxy.policy_config import PolicyConfig
-from proxy.pricing import Catalogue
+from proxy.caller.models import usable
+from proxy.config.catalogue import Catalogue
+from proxy.config.policy import PolicyConfig
 
 from .conftest import CREATED, Caller, answer, error
 from .fakes import member

@@ -13,14 +13,14 @@ import pytest
 from starlette.applications import Starlette
 
 from devstack import services
-from proxy.caller import caller_routes
-from proxy.caller_probe import ACCEPTED, PLATFORM, RATE_LIMITED, REJECTED, UNREACHABLE, classify, litellm_probe
-from proxy.crypto import KeyBox
-from proxy.directory import PgDirectory
+from proxy.caller.probe import ACCEPTED, PLATFORM, RATE_LIMITED, REJECTED, UNREACHABLE, classify, litellm_probe
+from proxy.caller.routes import caller_routes
+from proxy.config.catalogue import Catalogue
+from proxy.config.policy import PolicyConfig
+from proxy.config.settings import Secret
+from proxy.directory.crypto import KeyBox
+from proxy.directory.pg import PgDirectory
 from proxy.errors import ProxyError
-from proxy.policy_config import PolicyConfig
-from proxy.pricing import Catalogue
-from proxy.settings import Secret
 
 from .conftest import TOKENS, answer, render
 from .fakes import FakeIdentify, FakeLedger

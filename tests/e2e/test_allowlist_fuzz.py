@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from devstack import services
 from devstack.fake_provider import CONTROLS
-from proxy.params import CHAT
+from proxy.gateway.params import CHAT
 from tests.e2e.conftest import Gateway, Member, make_member
 from tests.e2e.test_billing import settled
 from tests.e2e.test_trust_boundary import PROVIDER_KEY, provider_saw

@@ -8,9 +8,9 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from proxy.context import HoldRequest, Settlement
-from proxy.ledger import PgLedger
-from proxy.migrate import migrate
+from proxy.db.migrate import migrate
+from proxy.ledger.pg import PgLedger
+from proxy.ledger.types import HoldRequest, Settlement
 
 
 @pytest.fixture

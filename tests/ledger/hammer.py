@@ -12,8 +12,8 @@ import random
 from typing import Any
 
 from proxy.errors import ProxyError
-from proxy.ledger import PgLedger
-from proxy.sweeper import Sweeper
+from proxy.ledger.pg import PgLedger
+from proxy.ledger.sweeper import Sweeper
 from tests.ledger.conftest import hold, usage
 
 ORG = "org_hammer"

@@ -11,9 +11,9 @@ from typing import Any
 
 import asyncpg
 
-from proxy.ledger import PgLedger
-from proxy.sweeper import Sweeper
-from proxy.verify import verify
+from proxy.ledger.pg import PgLedger
+from proxy.ledger.sweeper import Sweeper
+from proxy.ledger.verify import verify
 from tests.ledger.conftest import add_member, add_org, hold, pool_state, set_clock, usage, violations
 
 ORG, U1 = "org_x", "usr_x"

@@ -28,9 +28,9 @@ from typing import Any
 
 import asyncpg
 
-from proxy.ledger import PgLedger
-from proxy.migrate import migrate
-from proxy.verify import Overage, audit
+from proxy.db.migrate import migrate
+from proxy.ledger.pg import PgLedger
+from proxy.ledger.verify import Overage, audit
 from tests.ledger import hammer
 
 AMOUNT, AFFORDABLE, ATTEMPTS = 1000, 150, 300

@@ -9,22 +9,10 @@ import asyncpg
 import pytest
 
 from proxy.errors import ProxyError
-from proxy.ledger import PgLedger
-from proxy.ledger_batch import run_batch
-from proxy.migrate import discover, migrate
-from proxy.sweeper import Sweeper
-from tests.ledger.conftest import add_member, add_org, hold, pool_state, set_clock, usage, violations
+from proxy.ledger.pg import PgLedger
+from tests.ledger.conftest import add_member, add_org, hold, pool_state, usage, violations
 
 ORG, U1, U2 = "org_l", "usr_l1", "usr_l2"
-
-
-async def test_replicas_migrating_at_once_apply_each_file_once(fresh_db: str) -> None:
-    results = await asyncio.gather(*(migrate(fresh_db) for _ in range(4)))
-    names = [m.name for m in discover()]
-    assert sorted(results, key=len) == [[], [], [], names]
-    conn = await asyncpg.connect(fresh_db)
-    assert await conn.fetchval("SELECT count(*) FROM creditgate.schema_migrations") == len(names)
-    await conn.close()
 
 
 @pytest.fixture
@@ -77,27 +65,6 @@ async def test_a_settle_whose_caller_went_away_still_lands(org: PgLedger, db: as
     assert await pool_state(db, ORG) == (10_000, 200, 0, 0)
 
 
-async def test_sweeper_task_expires_holds_in_the_background(org: PgLedger, db: asyncpg.Connection) -> None:
-    expired: list[int] = []
-    sweeper = Sweeper(org, 0.05, on_expired=expired.append)
-    await org.reserve(hold(ORG, U1, "orphan", 500, prompt=12, in_rate="1"))
-    sweeper.start()
-    try:
-        await set_clock(db, 121)
-        for _ in range(100):
-            if expired:
-                break
-            await asyncio.sleep(0.05)
-    finally:
-        await sweeper.stop()
-    assert expired == [1]
-    row = await org.request(ORG, "orphan")
-    assert row is not None and (row["status"], row["charged_millicredits"], row["usage_source"]) == (
-        "settled", 12, "prompt_only")
-    await set_clock(db, None)
-    assert await violations(db) == []
-
-
 async def test_unknown_ids_and_orgs(org: PgLedger) -> None:
     await org.void(ORG, "never")  # no-ops
     await org.checkpoint(ORG, "never", 5)
@@ -116,21 +83,6 @@ async def test_unknown_ids_and_orgs(org: PgLedger) -> None:
     assert (exc.value.status, exc.value.code) == (400, "invalid_value")
 
 
-async def test_usage_by_model_and_day_and_history_per_user(org: PgLedger) -> None:
-    await org.reserve(hold(ORG, U1, "a", 100))
-    await org.settle(ORG, "a", usage(30, prompt=4, completion=6))
-    await org.reserve(hold(ORG, U2, "b", 100))
-    await org.settle(ORG, "b", usage(50, prompt=1, completion=2))
-    by_model = await org.usage(ORG, group_by="model", user_id=None, start=None, end=None)
-    assert by_model == [{"model": "fake-small", "requests": 2, "prompt_tokens": 5, "completion_tokens": 8,
-                         "charged_millicredits": 80, "list_price_millicredits": 80}]
-    by_day = await org.usage(ORG, group_by="day", user_id=U2, start=None, end=None)
-    assert len(by_day) == 1 and by_day[0]["charged_millicredits"] == 50 and len(by_day[0]["day"]) == 10
-    rows, more = await org.entries(ORG, user_id=U2, limit=10, after=None)
-    assert [(r["kind"], r["amount_millicredits"], r["balance_delta"], r["held_delta"]) for r in rows] == [
-        ("post", 50, -50, -100), ("hold", 100, 0, 100)] and not more
-
-
 async def test_a_blind_void_never_releases_another_requests_hold(org: PgLedger, db: asyncpg.Connection) -> None:
     """A duplicate reserve whose outcome is unknown voids "its" hold by owner nonce, not by request id
     (the hammer found the request-id version releasing the original request's hold)."""
@@ -140,39 +92,6 @@ async def test_a_blind_void_never_releases_another_requests_hold(org: PgLedger, 
     owner = await db.fetchval("SELECT owner FROM creditgate.holds WHERE request_id = 'dup'")
     assert await db.fetchval("SELECT creditgate.void_hold($1, 'dup', $2)", ORG, owner) == "voided"
     assert await pool_state(db, ORG) == (10_000, 0, 0, 0)
-
-
-async def test_suspension_holds_when_a_batch_settles_before_it_reserves(org: PgLedger, db: asyncpg.Connection) -> None:
-    """One batch: a settle then a reserve of the same org; the reserve must still see the suspension."""
-    await org.reserve(hold(ORG, U1, "s1", 100))
-    await db.execute("UPDATE creditgate.orgs SET suspended = true WHERE id = $1", ORG)
-    res, sets = await run_batch(org.db, 60, [(hold(ORG, U1, "s2", 100), "o")], [(ORG, "s1", usage(10))], 5)
-    assert [o.status for o in sets] == ["posted"]  # settling what was admitted before goes on
-    assert [o.status for o in res] == ["suspended"]
-    assert await violations(db) == []
-
-
-async def test_one_batch_across_orgs_keeps_each_org_apart(ledger: PgLedger, db: asyncpg.Connection) -> None:
-    """A batch mixing three orgs, submitted out of order: each org's pool, suspension and journal stay
-    its own (the batch switches pool state at every org boundary)."""
-    for org, credit in (("org_x1", 1000), ("org_x2", 150), ("org_x3", 1000)):
-        await add_org(db, org)
-        await add_member(db, org, U1)
-        await ledger.grant(org, credit, "seed", "g", None, "operator")
-        await ledger.reserve(hold(org, U1, "old", 100))
-    await db.execute("UPDATE creditgate.orgs SET suspended = true WHERE id = 'org_x1'")
-    reserves = [(hold("org_x3", U1, "n1", 500), "o"), (hold("org_x1", U1, "n2", 1), "o"),
-                (hold("org_x2", U1, "n3", 100), "o"), (hold("org_x2", U1, "n4", 60), "o"),
-                (hold("org_x3", U1, "n5", 600), "o")]
-    settles = [("org_x2", "old", usage(40)), ("org_x3", "old", usage(100)), ("org_x1", "old", usage(250))]
-    res, sets = await run_batch(ledger.db, 60, reserves, settles, 5)
-    assert [(o.status, o.charged) for o in sets] == [("posted", 40), ("posted", 100), ("posted", 250)]
-    assert [o.status for o in res] == ["held", "suspended", "held", "org_pool_exhausted", "org_pool_exhausted"]
-    assert await pool_state(db, "org_x1") == (1000, 100, 0, 150)
-    assert await pool_state(db, "org_x2") == (150, 40, 100, 0)
-    assert await pool_state(db, "org_x3") == (1000, 100, 500, 0)
-    assert [o.remaining for o in sets] == [10, 400, 750]  # after the whole batch; suspension is not debt
-    assert await violations(db) == []
 
 
 async def test_a_reserve_stuck_behind_a_lock_fails_closed(org: PgLedger, db: asyncpg.Connection,

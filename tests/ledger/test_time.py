@@ -9,8 +9,8 @@ import asyncpg
 import pytest
 
 from proxy.errors import ProxyError
-from proxy.ledger import PgLedger
-from proxy.sweeper import Sweeper
+from proxy.ledger.pg import PgLedger
+from proxy.ledger.sweeper import Sweeper
 from tests.ledger.conftest import add_member, add_org, hold, pool_state, set_clock, set_clock_to, usage, violations
 
 ORG, U1 = "org_t", "usr_t"

@@ -8,9 +8,9 @@ import io
 import asyncpg
 import pytest
 
-from proxy.ledger import PgLedger
-from proxy.migrate import migrate
-from proxy.verify import main_verify, verify
+from proxy.db.migrate import migrate
+from proxy.ledger.pg import PgLedger
+from proxy.ledger.verify import main_verify, verify
 from tests.ledger.conftest import add_member, add_org, hold, usage
 
 ORG, U1 = "org_v", "usr_v"

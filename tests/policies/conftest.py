@@ -1,35 +1,15 @@
-"""Fixtures of the policy unit tests: the shipped policy file and LiteLLM config, fakes, a Fernet key."""
+"""Fixtures of the policy unit tests: the in-memory directory and ledger (the shipped configuration files
+and a Fernet key box are tests/conftest.py's)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from cryptography.fernet import Fernet
-from policy_support import FakeDirectory, FakeLedger
 
-from proxy.crypto import KeyBox
-from proxy.policy_config import PolicyConfig, load_policy
-from proxy.pricing import Catalogue, load_catalogue
-from proxy.settings import Secret
-from proxy.tokens import TokenCounter
+from tests.policies.policy_support import FakeDirectory, FakeLedger
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="session")
-def policy() -> PolicyConfig:
-    return load_policy(ROOT / "policy.yaml")
-
-
-@pytest.fixture(scope="session")
-def catalogue() -> Catalogue:
-    return load_catalogue(ROOT / "litellm_config.yaml")
-
-
-@pytest.fixture(scope="session")
-def counter() -> TokenCounter:
-    return TokenCounter()
 
 
 @pytest.fixture
@@ -40,13 +20,3 @@ def directory() -> FakeDirectory:
 @pytest.fixture
 def ledger() -> FakeLedger:
     return FakeLedger()
-
-
-@pytest.fixture(scope="session")
-def fernet_key() -> Secret:
-    return Secret(Fernet.generate_key().decode())
-
-
-@pytest.fixture(scope="session")
-def keybox(fernet_key: Secret) -> KeyBox:
-    return KeyBox([fernet_key])

@@ -1,4 +1,4 @@
-"""In-memory fakes of the hot-path protocols (proxy/context.py) and helpers for the policy unit tests.
+"""In-memory fakes of the hot-path protocols (proxy/gateway/context.py) and helpers for the policy unit tests.
 
 Named uniquely: tests/policies has no __init__.py, since a package named `policies` would shadow
 the real one."""
@@ -14,21 +14,13 @@ from typing import Any
 
 from policies.credits import ReserveCredits
 from policies.model import RewriteModel
-from proxy.context import (
-    ApiKey,
-    Hold,
-    HoldRequest,
-    Membership,
-    RequestContext,
-    Settlement,
-    SettleResult,
-    StoredProviderKey,
-    Usage,
-)
+from proxy.config.catalogue import Catalogue
+from proxy.config.policy import PolicyConfig
+from proxy.directory.types import ApiKey, Membership, StoredProviderKey
 from proxy.errors import ProxyError
-from proxy.policy_config import PolicyConfig
-from proxy.pricing import Catalogue
-from proxy.tokens import TokenCounter
+from proxy.gateway.context import RequestContext, Usage
+from proxy.gateway.tokens import TokenCounter
+from proxy.ledger.types import Hold, HoldRequest, Settlement, SettleResult
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -191,8 +183,8 @@ async def run(credits: ReserveCredits, ctx: RequestContext, serve: Serve) -> Non
 def answered(usage: Usage | None, deployment: str | None = None) -> Serve:
     async def serve(ctx: RequestContext) -> None:
         ctx.upstream_status, ctx.deployment_id, ctx.usage = 200, deployment, usage
-        if not ctx.stream and ctx.settle_now is not None:
-            await ctx.settle_now()
+        if not ctx.stream:  # the passthrough settles a whole answer before sending it
+            await ctx.cleanup.aclose()
         ctx.response_started = True
 
     return serve

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pytest
 from cryptography.fernet import Fernet
-from policy_support import FakeDirectory, make_ctx, member
 
 from policies.byok import InjectProviderKey
-from proxy.context import RequestContext, StoredProviderKey
-from proxy.crypto import KeyBox
+from proxy.config.catalogue import Catalogue
+from proxy.config.settings import Secret
+from proxy.directory.crypto import KeyBox
+from proxy.directory.types import StoredProviderKey
 from proxy.errors import ProxyError
-from proxy.pricing import Catalogue
-from proxy.settings import Secret
+from proxy.gateway.context import RequestContext
+from tests.policies.policy_support import FakeDirectory, make_ctx, member
 
 
 def ctx_for(model: str) -> RequestContext:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from policy_support import FakeDirectory, FakeLedger
 
 from policies import (
     Authenticate,
@@ -13,13 +12,14 @@ from policies import (
     RewriteModel,
     default_policies,
 )
-from proxy.context import Settlement
-from proxy.crypto import KeyBox
-from proxy.metrics import Metrics
-from proxy.policy_config import PolicyConfig, parse_policy
-from proxy.pricing import Catalogue, check_policy
-from proxy.settings import ConfigError
-from proxy.tokens import TokenCounter
+from proxy.config.catalogue import Catalogue, check_policy
+from proxy.config.policy import PolicyConfig, parse_policy
+from proxy.config.settings import ConfigError
+from proxy.directory.crypto import KeyBox
+from proxy.gateway.tokens import TokenCounter
+from proxy.ledger.types import Settlement
+from proxy.ops.metrics import Metrics
+from tests.policies.policy_support import FakeDirectory, FakeLedger
 
 
 class NoKeys:

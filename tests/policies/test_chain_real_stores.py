@@ -14,17 +14,18 @@ from cryptography.fernet import Fernet
 
 from devstack import services
 from policies import default_policies
-from proxy.context import Policy, RequestContext, Usage
-from proxy.crypto import KeyBox
-from proxy.directory import PgDirectory
+from proxy.config.catalogue import Catalogue
+from proxy.config.policy import PolicyConfig
+from proxy.config.settings import Secret
+from proxy.db.migrate import migrate
+from proxy.db.pool import create_pool
+from proxy.directory.crypto import KeyBox
+from proxy.directory.keycache import KeyCache
+from proxy.directory.pg import PgDirectory
 from proxy.errors import ProxyError
-from proxy.keycache import KeyCache
-from proxy.ledger import PgLedger, create_pool
-from proxy.migrate import migrate
-from proxy.policy_config import PolicyConfig
-from proxy.pricing import Catalogue
-from proxy.settings import Secret
-from proxy.tokens import TokenCounter
+from proxy.gateway.context import Policy, RequestContext, Usage
+from proxy.gateway.tokens import TokenCounter
+from proxy.ledger.pg import PgLedger
 
 
 @dataclass
@@ -71,8 +72,7 @@ async def through_chain(stack: Stack, ctx: RequestContext, usage: Usage | None, 
             await policy(ctx)
         ctx.upstream_status, ctx.deployment_id, ctx.usage = 200, deployment, usage
         if not ctx.stream:
-            assert ctx.settle_now is not None
-            await ctx.settle_now()
+            await ctx.cleanup.aclose()
         ctx.response_started = True
 
 

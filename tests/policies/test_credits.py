@@ -1,6 +1,6 @@
 """ReserveCredits: the exact hold and charge per power level x tier, and settle / estimate / void on
 every path, exactly once. Expected amounts are computed here from the contract's formula with
-Fractions over the prices' text in litellm_config.yaml, independently of proxy/pricing.py."""
+Fractions over the prices' text in litellm_config.yaml, independently of proxy/config/catalogue.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
-from policy_support import (
+
+from proxy.config.catalogue import Catalogue
+from proxy.config.policy import PolicyConfig
+from proxy.errors import ProxyError
+from proxy.gateway.context import RequestContext, Usage
+from proxy.gateway.tokens import TokenCounter
+from proxy.ledger.types import Settlement
+from tests.policies.policy_support import (
     MESSAGES,
     PRICES,
     FakeLedger,
@@ -21,12 +28,6 @@ from policy_support import (
     prompt_bound,
     run,
 )
-
-from proxy.context import RequestContext, Settlement, Usage
-from proxy.errors import ProxyError
-from proxy.policy_config import PolicyConfig
-from proxy.pricing import Catalogue
-from proxy.tokens import TokenCounter
 
 LEVEL_MODELS = {  # a model of each level that each tier may use
     ("eco", "free"): "fake-small", ("balanced", "free"): "fake-gpt-4o-mini", ("precision", "free"): "mock-gpt",
@@ -57,7 +58,7 @@ async def test_exact_hold_and_charge_per_level_and_tier(
     assert (org, rid) == ("org_a", "req_test")
     assert settlement == Settlement(17, 230, charge, expected(PRICES[model], 17, 230, "free", None), "provider",
                                     model, "openai", None)
-    assert ctx.settled and ledger.voided == []
+    assert ledger.voided == []
     if not stream:
         assert ctx.response_headers["X-Credits-Charged"] == str(charge)
         assert ctx.response_headers["X-Credits-Remaining"] == "123456"
@@ -120,8 +121,7 @@ async def test_embeddings_and_images(
 
     async def images(ctx: RequestContext) -> None:
         ctx.upstream_status, ctx.image_count = 200, 2
-        assert ctx.settle_now is not None
-        await ctx.settle_now()
+        await ctx.cleanup.aclose()
 
     await run(credits, ctx, images)
     per_image = Fraction("0.04") * 10**6 * Fraction("1.8")  # multiplier 1: no level lists fake-image
@@ -166,7 +166,7 @@ async def test_ledger_refusal_leaves_nothing_to_settle(
     with pytest.raises(ProxyError) as info:
         await run(credits_for(ledger, policy, catalogue, counter), ctx, answered(Usage(1, 1)))
     assert info.value.code == "org_pool_exhausted"
-    assert (ctx.hold, ledger.settled, ledger.voided, ctx.settle_now) == (None, [], [], None)
+    assert (ctx.hold, ledger.settled, ledger.voided) == (None, [], [])
 
 
 class CountingCounter(TokenCounter):

@@ -6,13 +6,13 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from policy_support import make_ctx, member
 
 from policies.model import RewriteModel
-from proxy.context import RequestContext
+from proxy.config.catalogue import Catalogue
+from proxy.config.policy import PolicyConfig
 from proxy.errors import ProxyError
-from proxy.policy_config import PolicyConfig
-from proxy.pricing import Catalogue
+from proxy.gateway.context import RequestContext
+from tests.policies.policy_support import make_ctx, member
 
 
 def ctx_for(

@@ -11,7 +11,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from policy_support import FakeDirectory, FakeLedger, member
 
 from devstack import services
 from policies import (
@@ -24,14 +23,15 @@ from policies import (
     default_policies,
 )
 from policies.ratelimit import redis_client
-from proxy.context import RequestContext, Usage
-from proxy.crypto import KeyBox
+from proxy.config.catalogue import Catalogue
+from proxy.config.policy import PolicyConfig, parse_policy
+from proxy.config.settings import ConfigError
+from proxy.directory.crypto import KeyBox
 from proxy.errors import ProxyError
-from proxy.metrics import Metrics
-from proxy.policy_config import PolicyConfig, parse_policy
-from proxy.pricing import Catalogue
-from proxy.settings import ConfigError
-from proxy.tokens import TokenCounter
+from proxy.gateway.context import RequestContext, Usage
+from proxy.gateway.tokens import TokenCounter
+from proxy.ops.metrics import Metrics
+from tests.policies.policy_support import FakeDirectory, FakeLedger, member
 
 POLICY = """
 credits_per_usd: 1000

@@ -8,14 +8,25 @@ import logging
 from typing import Any
 
 import pytest
-from policy_support import MESSAGES, PRICES, FakeLedger, Records, admitted, answered, credits_for, expected, run
 
 from policies.credits import ReserveCredits
-from proxy.context import RequestContext, Settlement, Usage
+from proxy.config.catalogue import Catalogue
+from proxy.config.policy import PolicyConfig
 from proxy.errors import ProxyError
-from proxy.policy_config import PolicyConfig
-from proxy.pricing import Catalogue
-from proxy.tokens import TokenCounter
+from proxy.gateway.context import RequestContext, Usage
+from proxy.gateway.tokens import TokenCounter
+from proxy.ledger.types import Settlement
+from tests.policies.policy_support import (
+    MESSAGES,
+    PRICES,
+    FakeLedger,
+    Records,
+    admitted,
+    answered,
+    credits_for,
+    expected,
+    run,
+)
 
 
 @pytest.fixture
@@ -47,7 +58,7 @@ async def test_upstream_error_before_output_voids(
     with pytest.raises(ProxyError):
         await run(credits, ctx, error)
     assert (ledger.voided, ledger.settled, records) == ([("org_a", "req_test")], [], [("voided", None)])
-    assert ctx.settled and "X-Credits-Charged" not in ctx.response_headers
+    assert "X-Credits-Charged" not in ctx.response_headers
 
 
 async def test_upstream_unreachable_voids(
@@ -108,15 +119,14 @@ async def test_answer_without_usage_is_still_charged(
     assert ledger.settled[0][2].usage_source == "estimate" and ledger.voided == []
 
 
-async def test_settle_now_then_cleanup_settles_once(
+async def test_an_early_close_then_the_cleanup_settles_once(
     credits: ReserveCredits, ledger: FakeLedger, policy: PolicyConfig, catalogue: Catalogue, records: Records
 ) -> None:
     ctx = await chat(policy, catalogue)
 
     async def twice(ctx: RequestContext) -> None:
         await answered(Usage(10, 20))(ctx)
-        assert ctx.settle_now is not None
-        await ctx.settle_now()
+        await ctx.cleanup.aclose()
 
     await run(credits, ctx, twice)
     assert len(ledger.settled) == 1 and [r[0] for r in records] == ["posted"]
@@ -144,7 +154,7 @@ async def test_cancelled_request_task_still_settles_once(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert [s.usage_source for _, _, s in ledger.settled] == ["provider"]
-    assert ledger.settled[0][2].completion_tokens == 3 and ctx.settled
+    assert ledger.settled[0][2].completion_tokens == 3
 
 
 async def test_unavailable_ledger_is_retried(
@@ -166,7 +176,7 @@ async def test_ledger_down_for_good_is_logged_and_left_to_the_sweeper(
     with caplog.at_level(logging.ERROR, logger="creditgate.credits"):
         await run(credits, ctx, answered(Usage(10, 20)))  # the answer is not lost to an exception
     assert 1.0 <= asyncio.get_running_loop().time() - started < 10  # retry_seconds=2 in these tests
-    assert ledger.settled == [] and not ctx.settled and [r[0] for r in records] == ["failed"]
+    assert ledger.settled == [] and [r[0] for r in records] == ["failed"]
     assert caplog.messages == [
         "settlement failed; the sweeper will settle request req_test at expiry: ProxyError"
     ]
@@ -231,8 +241,7 @@ async def test_images_served_without_a_count_are_charged_as_asked(
 
     async def no_count(ctx: RequestContext) -> None:
         ctx.upstream_status, ctx.usage = 200, Usage(12, 0)  # some image APIs report token usage only
-        assert ctx.settle_now is not None
-        await ctx.settle_now()
+        await ctx.cleanup.aclose()
 
     await run(credits, ctx, no_count)
     settlement = ledger.settled[0][2]

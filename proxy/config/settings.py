@@ -1,0 +1,155 @@
+"""Settings: a frozen value built from an explicit mapping (the environment by default).
+
+`Settings.from_env()` validates everything at once and raises `ConfigError` whose message has one
+line per mistake, each naming the variable. Secrets are `Secret`s: their repr never shows them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+
+class ConfigError(Exception):
+    """Bad or missing configuration; `str()` is one line per problem."""
+
+
+class Secret:
+    """A string that never shows itself in repr/str; call `reveal()` where it is really needed."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: Secret
+    redis_url: Secret
+    upstream_url: str
+    upstream_key: Secret
+    admin_token: Secret
+    byok_keys: tuple[Secret, ...]
+    litellm_config: Path
+    policy_config: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    max_body_bytes: int = 16 * MIB
+    upstream_timeout_seconds: float = 600.0
+    upstream_connect_timeout_seconds: float = 10.0
+    nonstream_drain_seconds: float = 120.0
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        problems: list[str] = []
+
+        def required(name: str) -> str:
+            value = env.get(name, "").strip()
+            if not value:
+                problems.append(f"{name} is required but not set")
+            return value
+
+        def url(name: str, schemes: tuple[str, ...]) -> str:
+            value = required(name)
+            if value and urlsplit(value).scheme not in schemes:
+                problems.append(f"{name} must be a URL with scheme {' or '.join(schemes)}")
+            return value
+
+        def number(name: str, default: float, *, integer: bool, minimum: float) -> float:
+            raw = env.get(name, "").strip()
+            if not raw:
+                return default
+            try:
+                value = int(raw) if integer else float(raw)
+            except ValueError:
+                problems.append(f"{name} must be {'an integer' if integer else 'a number'}, got {raw!r}")
+                return default
+            if value < minimum:
+                problems.append(f"{name} must be at least {minimum:g}, got {raw!r}")
+                return default
+            return value
+
+        def path(name: str) -> Path:
+            value = required(name)
+            if value and not Path(value).is_file():
+                problems.append(f"{name} points to {value!r}, which is not a readable file")
+            return Path(value)
+
+        database_url = url("CREDITGATE_DATABASE_URL", ("postgres", "postgresql"))
+        redis_url = url("CREDITGATE_REDIS_URL", ("redis", "rediss", "unix"))
+        upstream_url = url("CREDITGATE_UPSTREAM_URL", ("http", "https")).rstrip("/")
+        upstream_key = required("CREDITGATE_UPSTREAM_KEY")
+        admin_token = required("CREDITGATE_ADMIN_TOKEN")
+        if admin_token and len(admin_token) < 16:
+            problems.append("CREDITGATE_ADMIN_TOKEN must be at least 16 characters")
+        byok_raw = required("CREDITGATE_BYOK_KEYS")
+        byok_keys = tuple(Secret(k.strip()) for k in byok_raw.split(",") if k.strip())
+        if byok_raw and not _fernet_keys_valid(byok_keys):
+            problems.append("CREDITGATE_BYOK_KEYS must be comma-separated Fernet keys (32 url-safe base64 bytes)")
+        litellm_config = path("CREDITGATE_LITELLM_CONFIG")
+        policy_config = path("CREDITGATE_POLICY_CONFIG")
+        port = number("CREDITGATE_PORT", 8080, integer=True, minimum=1)
+        if port > 65535:
+            problems.append("CREDITGATE_PORT must be at most 65535")
+        settings = cls(
+            database_url=Secret(database_url),
+            redis_url=Secret(redis_url),
+            upstream_url=upstream_url,
+            upstream_key=Secret(upstream_key),
+            admin_token=Secret(admin_token),
+            byok_keys=byok_keys,
+            litellm_config=litellm_config,
+            policy_config=policy_config,
+            host=env.get("CREDITGATE_HOST", "").strip() or "127.0.0.1",
+            port=int(port),
+            workers=int(number("CREDITGATE_WORKERS", 1, integer=True, minimum=1)),
+            max_body_bytes=int(number("CREDITGATE_MAX_BODY_BYTES", 16 * MIB, integer=True, minimum=1)),
+            upstream_timeout_seconds=number("CREDITGATE_UPSTREAM_TIMEOUT_SECONDS", 600.0, integer=False, minimum=0.1),
+            upstream_connect_timeout_seconds=number(
+                "CREDITGATE_UPSTREAM_CONNECT_TIMEOUT_SECONDS", 10.0, integer=False, minimum=0.1
+            ),
+            nonstream_drain_seconds=number("CREDITGATE_NONSTREAM_DRAIN_SECONDS", 120.0, integer=False, minimum=0),
+            log_level=(env.get("CREDITGATE_LOG_LEVEL", "").strip() or "INFO").upper(),
+        )
+        if problems:
+            raise ConfigError("\n".join(problems))
+        return settings
+
+
+def _fernet_keys_valid(keys: tuple[Secret, ...]) -> bool:
+    import base64
+    import binascii
+
+    if not keys:
+        return False
+    for key in keys:
+        try:
+            if len(base64.urlsafe_b64decode(key.reveal().encode())) != 32:
+                return False
+        except (binascii.Error, ValueError):
+            return False
+    return True

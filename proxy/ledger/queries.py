@@ -1,0 +1,199 @@
+"""The ledger's admin and caller-facing side (`LedgerAdmin` in proxy/api/stores.py): grants,
+adjustments, balances, journal, usage, request records. `PgLedger` (proxy/ledger/pg.py) inherits it.
+
+Amounts are integer millicredits. balance = granted - posted - overage; available = balance - held,
+never shown below 0 (overage, a receivable, can make the balance negative).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from proxy.db.pool import UNAVAILABLE, Pool, Row, parse_serial_cursor
+from proxy.errors import ProxyError
+
+_POOL_SQL = """SELECT granted, posted, pending, overage, version FROM creditgate.pools WHERE org_id = $1"""
+_CREDITS_SQL = """
+SELECT p.granted, p.posted, p.pending, p.overage, p.version, m.allocation_millicredits AS lim,
+       coalesce(m.allocation_period, 'none') AS period, a.posted AS used, a.pending AS held,
+       creditgate.period_end(coalesce(m.allocation_period, 'none'), creditgate.now()) AS resets_at
+  FROM creditgate.pools p
+  LEFT JOIN creditgate.memberships m ON m.org_id = p.org_id AND m.user_id = $2
+  LEFT JOIN creditgate.allocation_usage a ON a.org_id = p.org_id AND a.user_id = $2
+       AND a.period_start = creditgate.period_start(coalesce(m.allocation_period, 'none'), creditgate.now())
+ WHERE p.org_id = $1"""
+_REQUEST_SQL = """
+SELECT h.request_id, h.state::text AS state, h.user_id, h.model AS held_model, h.prompt_tokens AS held_prompt,
+       h.amount, h.byok, u.model, u.prompt_tokens, u.completion_tokens, u.charged, u.list_price, u.usage_source
+  FROM creditgate.holds h
+  LEFT JOIN creditgate.usage_records u ON u.org_id = h.org_id AND u.request_id = h.request_id AND u.hold_id = h.id
+ WHERE h.org_id = $1 AND h.request_id = $2
+ ORDER BY h.state = 'voided' AND u.hold_id IS NULL, h.id DESC LIMIT 1"""
+_GROUP_KEYS = {"user": "user_id", "model": "model", "day": "to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"}
+
+
+def pool_row(r: asyncpg.Record) -> Row:
+    balance = r["granted"] - r["posted"] - r["overage"]
+    return {"balance": balance, "held": r["pending"], "available": max(0, balance - r["pending"]),
+            "overage": r["overage"], "granted": r["granted"], "posted": r["posted"], "version": r["version"]}
+
+
+class LedgerQueries:
+    def __init__(self, pool: Pool, timeout: float) -> None:
+        self.db = pool
+        self.timeout = timeout
+
+    async def _call(self, sql: str, *args: Any, retries: int = 0) -> Any:
+        """fetchval with the ledger's timeout; unreachable PostgreSQL is `ledger_unavailable`."""
+        for attempt in range(retries + 1):
+            try:
+                async with self.db.acquire(timeout=self.timeout) as conn:
+                    try:
+                        return await conn.fetchval(sql, *args, timeout=self.timeout)
+                    except UNAVAILABLE:
+                        conn.terminate()  # never hand a connection in an unknown state back to the pool
+                        raise
+            except UNAVAILABLE as exc:
+                if attempt == retries:
+                    raise ProxyError.ledger_unavailable() from exc
+        raise AssertionError("unreachable")
+
+    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        try:
+            async with self.db.acquire(timeout=self.timeout) as conn:
+                try:
+                    return list(await conn.fetch(sql, *args, timeout=self.timeout))
+                except UNAVAILABLE:
+                    conn.terminate()
+                    raise
+        except UNAVAILABLE as exc:
+            raise ProxyError.ledger_unavailable() from exc
+
+    async def grant(self, org_id: str, amount: int, reason: str, idempotency_key: str,
+                    expires_at: datetime | None, actor: str) -> Row:
+        """Idempotent by (org, idempotency_key); nets overage first. Returns the grant and the pool."""
+        return await self._add_credit(org_id, "grant", amount, reason, idempotency_key, expires_at, actor)
+
+    async def adjust(self, org_id: str, amount: int, reason: str, idempotency_key: str, actor: str) -> Row:
+        """Signed correction (refunds positive); a negative one may not exceed available credit."""
+        return await self._add_credit(org_id, "adjustment", amount, reason, idempotency_key, None, actor)
+
+    async def _add_credit(self, org_id: str, kind: str, amount: int, reason: str, key: str,
+                          expires_at: datetime | None, actor: str) -> Row:
+        try:
+            rows = await self._fetch("SELECT * FROM creditgate.add_credit($1, $2, $3, $4, $5, $6, $7)",
+                                     org_id, kind, amount, reason, key, expires_at, actor)
+        except asyncpg.PostgresError as exc:
+            raise _credit_error(exc) from exc
+        gid, replayed = rows[0]["grant_id"], rows[0]["replayed"]
+        g = (await self._fetch("SELECT * FROM creditgate.grants WHERE id = $1", gid))[0]
+        return {"id": f"grant_{gid}", "org_id": org_id, "kind": g["kind"], "amount_millicredits": g["amount"],
+                "reason": g["reason"], "idempotency_key": g["idempotency_key"], "expires_at": g["expires_at"],
+                "expired_at": g["expired_at"], "forfeited_millicredits": g["forfeited"], "actor": g["actor"],
+                "created_at": g["created_at"], "replayed": replayed, "pool": await self.pool_balances(org_id)}
+
+    async def pool_balances(self, org_id: str) -> Row:
+        rows = await self._fetch(_POOL_SQL, org_id)
+        if not rows:
+            raise ProxyError.not_found("org_not_found", f"No organization '{org_id}'.")
+        return pool_row(rows[0])
+
+    async def pool(self, org_id: str) -> Row:
+        """{"balance", "held", "available", "overage", "granted"} for the org's pool."""
+        return await self.pool_balances(org_id)
+
+    async def credits(self, org_id: str, user_id: str) -> Row:
+        """The GET /v1/credits body (CONTRACT.md, Caller's own endpoints)."""
+        rows = await self._fetch(_CREDITS_SQL, org_id, user_id)
+        if not rows:
+            raise ProxyError.not_found("org_not_found", f"No organization '{org_id}'.")
+        r = rows[0]
+        pool = pool_row(r)
+        used, held = r["used"] or 0, r["held"] or 0
+        available = pool["available"] if r["lim"] is None else max(0, r["lim"] - used - held)
+        return {"org_id": org_id,
+                "pool": {"balance": pool["balance"], "held": pool["held"], "available": pool["available"]},
+                "allocation": {"limit": r["lim"], "used": used, "held": held, "available": available,
+                               "period": r["period"], "resets_at": r["resets_at"]}}
+
+    async def entries(self, org_id: str, *, user_id: str | None, limit: int, after: str | None
+                      ) -> tuple[Sequence[Row], bool]:
+        """Journal entries, newest first; `after` is the last row's "id" (anything else is 400
+        invalid_value: `after=abc` used to be ignored and answer the first page again)."""
+        cursor = parse_serial_cursor(after)
+        rows = await self._fetch(
+            """SELECT * FROM creditgate.journal WHERE org_id = $1 AND ($2::text IS NULL OR user_id = $2)
+                  AND ($3::bigint IS NULL OR id < $3) ORDER BY id DESC LIMIT $4""",
+            org_id, user_id, cursor, limit + 1)
+        out = [{"id": str(r["id"]), "kind": r["kind"], "amount_millicredits": r["amount"],
+                "balance_delta": r["d_granted"] - r["d_posted"] - r["d_overage"], "held_delta": r["d_pending"],
+                "granted_delta": r["d_granted"], "posted_delta": r["d_posted"], "overage_delta": r["d_overage"],
+                "version": r["version"], "request_id": r["request_id"], "user_id": r["user_id"],
+                "actor": r["actor"], "reason": r["reason"], "created_at": r["created_at"]} for r in rows[:limit]]
+        return out, len(rows) > limit
+
+    async def usage(self, org_id: str, *, group_by: str, user_id: str | None, start: datetime | None,
+                    end: datetime | None) -> Sequence[Row]:
+        """Usage totals grouped by "user" | "model" | "day" (UTC calendar days)."""
+        key = _GROUP_KEYS.get(group_by)
+        if key is None:
+            raise ProxyError.invalid_value("group_by", "group_by must be one of: user, model, day.")
+        rows = await self._fetch(
+            f"""SELECT {key} AS k, count(*) AS requests, sum(prompt_tokens)::bigint AS prompt_tokens,
+                       sum(completion_tokens)::bigint AS completion_tokens, sum(charged)::bigint AS charged,
+                       sum(list_price)::bigint AS list_price
+                  FROM creditgate.usage_records
+                 WHERE org_id = $1 AND ($2::text IS NULL OR user_id = $2)
+                   AND ($3::timestamptz IS NULL OR recorded_at >= $3) AND ($4::timestamptz IS NULL OR recorded_at < $4)
+                 GROUP BY 1 ORDER BY 1""",
+            org_id, user_id, start, end)
+        return [{group_by: r["k"], "requests": r["requests"], "prompt_tokens": r["prompt_tokens"],
+                 "completion_tokens": r["completion_tokens"], "charged_millicredits": r["charged"],
+                 "list_price_millicredits": r["list_price"]} for r in rows]
+
+    async def request(self, org_id: str, request_id: str) -> Row | None:
+        """The GET /v1/requests/{id} body plus "user_id", or None. An expired hold with its automatic
+        settlement shows as settled."""
+        rows = await self._fetch(_REQUEST_SQL, org_id, request_id)
+        if not rows:
+            return None
+        r = rows[0]
+        settled = r["usage_source"] is not None
+        status = "settled" if settled else ("pending" if r["state"] == "pending" else "voided")
+        return {"request_id": r["request_id"], "status": status, "model": r["model"] or r["held_model"],
+                "prompt_tokens": r["prompt_tokens"] if settled else r["held_prompt"],
+                "completion_tokens": r["completion_tokens"] if settled else None,
+                "held_millicredits": r["amount"], "charged_millicredits": r["charged"] if settled else None,
+                "list_price_millicredits": r["list_price"] if settled else None,
+                "usage_source": r["usage_source"], "byok": r["byok"], "user_id": r["user_id"]}
+
+    async def provider_usage(self, org_id: str, user_id: str | None, provider: str) -> Row:
+        """BYOK usage for one provider (user_id None = the whole org): requests, tokens, list price."""
+        rows = await self._fetch(
+            """SELECT count(*) AS requests, coalesce(sum(prompt_tokens), 0)::bigint AS prompt_tokens,
+                      coalesce(sum(completion_tokens), 0)::bigint AS completion_tokens,
+                      coalesce(sum(list_price), 0)::bigint AS list_price
+                 FROM creditgate.usage_records
+                WHERE org_id = $1 AND byok AND provider = $3 AND ($2::text IS NULL OR user_id = $2)""",
+            org_id, user_id, provider)
+        r = rows[0]
+        return {"requests": r["requests"], "prompt_tokens": r["prompt_tokens"],
+                "completion_tokens": r["completion_tokens"], "list_price_millicredits": r["list_price"]}
+
+
+def _credit_error(exc: asyncpg.PostgresError) -> ProxyError:
+    code, message = getattr(exc, "sqlstate", None), str(exc)
+    if code == "CG404":
+        return ProxyError.not_found("org_not_found", "No such organization.")
+    if code == "CG409":
+        return ProxyError(409, "conflict_error", "idempotency_key_reused",
+                          "This idempotency_key was already used with different fields.")
+    if code in ("CG400", "CG402"):
+        return ProxyError.invalid_value("amount_millicredits" if "amount" in message or code == "CG402"
+                                        else "expires_at", message[:1].upper() + message[1:] + ".")
+    return ProxyError.ledger_unavailable() if isinstance(exc, UNAVAILABLE) else ProxyError(
+        500, "api_error", None, "The ledger refused the operation.")

@@ -1,0 +1,44 @@
+"""The sweeper: expired holds are settled in the background, from the database alone."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from proxy.ledger.pg import PgLedger
+from proxy.ledger.sweeper import Sweeper
+from tests.ledger.conftest import add_member, add_org, hold, set_clock, violations
+
+ORG, U1, U2 = "org_l", "usr_l1", "usr_l2"
+
+
+@pytest.fixture
+async def org(db: asyncpg.Connection, ledger: PgLedger) -> PgLedger:
+    await add_org(db, ORG)
+    await add_member(db, ORG, U1)
+    await add_member(db, ORG, U2, limit=3000)
+    await ledger.grant(ORG, 10_000, "seed", "g1", None, "operator")
+    return ledger
+
+
+async def test_sweeper_task_expires_holds_in_the_background(org: PgLedger, db: asyncpg.Connection) -> None:
+    expired: list[int] = []
+    sweeper = Sweeper(org, 0.05, on_expired=expired.append)
+    await org.reserve(hold(ORG, U1, "orphan", 500, prompt=12, in_rate="1"))
+    sweeper.start()
+    try:
+        await set_clock(db, 121)
+        for _ in range(100):
+            if expired:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await sweeper.stop()
+    assert expired == [1]
+    row = await org.request(ORG, "orphan")
+    assert row is not None and (row["status"], row["charged_millicredits"], row["usage_source"]) == (
+        "settled", 12, "prompt_only")
+    await set_clock(db, None)
+    assert await violations(db) == []
