@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Protocol
 
 from proxy.config.settings import Secret
+from proxy.directory.apikeys import hash_key
 from proxy.directory.types import ApiKey
 from proxy.errors import ProxyError
 from proxy.gateway.context import RequestContext
+from proxy.gateway.headers import bearer_token
 
 
 class KeyLookup(Protocol):
     """`proxy.keycache.KeyCache` (or any lookup by SHA-256 hex hash that raises 503 when undecidable)."""
 
     async def get(self, key_hash: str) -> ApiKey | None: ...
-
-
-def key_hash(key: Secret) -> str:
-    """How API keys are stored: the SHA-256 hex digest of the key text."""
-    return hashlib.sha256(key.reveal().encode()).hexdigest()
-
-
-def bearer(headers: dict[str, str]) -> Secret | None:
-    """The bearer token of an `Authorization` header (scheme case-insensitive), or None."""
-    scheme, _, token = headers.get("authorization", "").strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        return None
-    return Secret(token)
 
 
 class Authenticate:
@@ -41,10 +28,11 @@ class Authenticate:
 
     async def __call__(self, ctx: RequestContext) -> None:
         if ctx.api_key is None:
-            ctx.api_key = bearer(ctx.headers)
+            token = bearer_token(ctx.headers.get("authorization"))
+            ctx.api_key = Secret(token) if token else None
         if ctx.api_key is None:
             raise ProxyError.invalid_api_key("Missing API key: send 'Authorization: Bearer <key>'.")
-        key = await self._keys.get(key_hash(ctx.api_key))
+        key = await self._keys.get(hash_key(ctx.api_key.reveal()))
         if key is None:
             raise ProxyError.invalid_api_key()
         if key.revoked:

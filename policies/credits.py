@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -28,6 +28,7 @@ from proxy.gateway.context import OutputMeter, RequestContext
 from proxy.gateway.tokens import TokenCounter, bound, large_prompt, prompt_count
 from proxy.ledger import tariffs
 from proxy.ledger.types import Hold, HoldRequest, Ledger
+from proxy.tasks import Background
 
 log = logging.getLogger("creditgate.credits")
 
@@ -59,7 +60,7 @@ class ReserveCredits:
         self._counter = counter
         self._balances = balances
         self._checkpoint_seconds = checkpoint_seconds or policy.hold_ttl_seconds / 3
-        self._orphans: set[asyncio.Task[None]] = set()
+        self._background = Background()
         self._rate_cache: dict[tuple[str, Decimal], tuple[tariffs.Rates, tariffs.Rates]] = {}
 
     async def __call__(self, ctx: RequestContext) -> None:
@@ -94,7 +95,7 @@ class ReserveCredits:
             list_input_rate=listed.input,
             list_output_rate=listed.output,
         )
-        ctx.hold = await self._reserve(request)
+        ctx.hold = await self.ledger.reserve(request)  # a cancelled reserve leaves no hold (Ledger)
         ctx.response_headers["X-Credits-Held"] = str(ctx.hold.amount)
         settle = Settle(self.books, ctx, model, factor)
         ctx.cleanup.push_async_callback(settle)
@@ -135,27 +136,6 @@ class ReserveCredits:
             )
         return self._rate_cache[key]
 
-    async def _reserve(self, request: HoldRequest) -> Hold:
-        # a hold committed while the request was being cancelled would be charged by the sweeper
-        # (prompt_only) for a request never sent: void it instead
-        task = asyncio.ensure_future(self.ledger.reserve(request))
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            task.add_done_callback(lambda t: self._void_orphan(t, request))
-            raise
-
-    def _void_orphan(self, task: asyncio.Task[Hold], request: HoldRequest) -> None:
-        if task.cancelled() or task.exception() is not None:
-            return
-        self._background(self._void_quietly(request))
-
-    async def _void_quietly(self, request: HoldRequest) -> None:
-        try:
-            await self.retry(lambda: self.ledger.void(request.org_id, request.request_id))
-        except Exception as exc:  # the hold expires; the sweeper settles it (prompt_only)
-            log.error("could not void the hold of cancelled request %s: %s", request.request_id, type(exc).__name__)
-
     def _renew(self, ctx: RequestContext, hold: Hold) -> Callable[[], None]:
         """While the request runs, every hold_ttl/3 renew the hold and record what a stream has delivered,
         so a dead replica's hold settles from it (checkpoint) and a live one's never expires. A timer,
@@ -165,7 +145,7 @@ class ReserveCredits:
 
         def fire() -> None:
             nonlocal handle
-            self._background(self._checkpoint(ctx, hold))
+            self._background.spawn(self._checkpoint(ctx, hold))
             handle = loop.call_later(self._checkpoint_seconds, fire)
 
         def stop() -> None:
@@ -181,11 +161,6 @@ class ReserveCredits:
         except Exception as exc:  # a missed checkpoint only makes the sweeper's fallback older
             log.warning("checkpoint failed: %s", type(exc).__name__)
 
-    def _background(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run `work` without awaiting it, holding a reference until it ends."""
-        task = asyncio.ensure_future(work)
-        self._orphans.add(task)
-        task.add_done_callback(self._orphans.discard)
 
 
 def _bound_units(ctx: RequestContext) -> tuple[int, int, int]:

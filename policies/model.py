@@ -8,6 +8,7 @@ from typing import Any
 from proxy.config.catalogue import Catalogue, Model
 from proxy.config.policy import PolicyConfig, PowerLevel, Tier
 from proxy.errors import ProxyError
+from proxy.gateway.body import positive_int
 from proxy.gateway.context import RequestContext
 from proxy.gateway.params import forwardable
 
@@ -105,14 +106,10 @@ class RewriteModel:
         return model
 
 
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
 def _check_counts(body: dict[str, Any]) -> None:
     for name in ("n", "best_of"):
         value = body.get(name)
-        if value is not None and not _positive_int(value):
+        if value is not None and not positive_int(value):
             raise ProxyError.invalid_value(name, f"{name} must be a positive integer.")
 
 
@@ -124,7 +121,7 @@ def _cap_output(body: dict[str, Any], cap: int) -> None:
         if value is None:
             body.pop(name, None)
             continue
-        if not _positive_int(value):
+        if not positive_int(value):
             raise ProxyError.invalid_value(name, f"{name} must be a positive integer.")
         body[name] = min(value, cap)
         sent = True

@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from proxy.config.catalogue import Model, Price
 from proxy.errors import ProxyError
+from proxy.gateway.body import positive_int
 from proxy.gateway.context import RequestContext, Usage
 from proxy.ledger import tariffs
 from proxy.ledger.types import ESTIMATE, PROVIDER, Ledger, Settlement
@@ -33,7 +34,7 @@ IMAGES = "images/generations"
 def requested(body: dict[str, object], name: str) -> int:
     """A positive count the request asks for (`n`, `best_of`), else 1."""
     value = body.get(name)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
+    return value if positive_int(value) else 1
 
 
 class Books:

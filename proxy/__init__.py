@@ -1,7 +1,8 @@
 """creditgate: a thin streaming billing gateway in front of LiteLLM.
 
 The folders are the parts, lowest first; each may import only the folders above it in this list (and
-`proxy/errors.py`, the one error type everyone raises):
+`proxy/errors.py`, the one error type everyone raises, and `proxy/tasks.py`, the one holder of background
+work):
 
 - `config/`     settings from the environment, the policy file, the model catalogue from the LiteLLM config
 - `db/`         the asyncpg pool, the one place PostgreSQL failures become errors, migrations

@@ -267,8 +267,7 @@ async def _route_not_found(_: Request, exc: Exception) -> Response:
 
 
 async def _proxy_error(_: Request, exc: Exception) -> Response:
-    err = exc if isinstance(exc, ProxyError) else ProxyError.upstream_failed()
-    return Response(err.to_bytes(), status_code=err.status, headers=err.headers, media_type="application/json")
+    return (exc if isinstance(exc, ProxyError) else ProxyError.upstream_failed()).to_response()
 
 
 def _models(upstream: Upstream) -> Callable[[Request], Awaitable[Response]]:

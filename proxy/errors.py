@@ -1,6 +1,8 @@
 """One error type for the whole gateway, rendered as OpenAI error JSON in one place.
 
-Every failure a client can see is a `ProxyError`; `to_response()` is the only renderer. The
+Every failure a client can see is a `ProxyError`; `to_bytes()` is its one body, `to_response()` renders
+it for the Starlette routes (the app's exception handler), and the billed passthrough sends the same
+bytes and headers as raw ASGI (proxy/gateway/passthrough.py), or as a stream's last event. The
 statuses, types and codes are the contract's table (`shared/CONTRACT.md`, Errors).
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from starlette.responses import Response
 
 
 class ProxyError(Exception):
@@ -37,6 +40,9 @@ class ProxyError(Exception):
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self.body())
+
+    def to_response(self) -> Response:
+        return Response(self.to_bytes(), status_code=self.status, headers=self.headers, media_type="application/json")
 
     def __repr__(self) -> str:
         return f"ProxyError({self.status}, {self.code!r}, {self.message!r})"

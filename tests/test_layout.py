@@ -9,8 +9,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # lowest first: a part may import only the parts before it (proxy/__init__.py says what each owns)
-ORDER = ("errors", "config", "db", "directory", "ledger", "ops", "gateway", "policies", "api", "caller", "admin",
-         "app", "cli")
+ORDER = ("errors", "tasks", "config", "db", "directory", "ledger", "ops", "gateway", "policies", "api", "caller",
+         "admin", "app", "cli")
 # declarations only (dataclasses, protocols, SQL text): their behaviour is tested through what implements them
 DECLARATIONS = {
     "proxy/directory/types.py": "dataclasses and the Directory protocol (tests/directory/test_pg.py)",

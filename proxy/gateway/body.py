@@ -8,7 +8,7 @@ not an object or a wrongly typed field -> `invalid_value` with `param`; no `mode
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 from starlette.types import Receive, Scope
@@ -72,7 +72,8 @@ async def _drain(receive: Receive, budget: int) -> None:
             return
 
 
-def _positive_int(value: Any) -> bool:
+def positive_int(value: object) -> TypeGuard[int]:
+    """A JSON integer above 0 (a bool is not one): counts and output caps."""
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
@@ -102,7 +103,7 @@ def parse_request(raw: bytes, route: str) -> tuple[dict[str, Any], bool]:
     if stream is not None and not isinstance(stream, bool):
         raise ProxyError.invalid_value("stream", "'stream' must be a boolean.")
     for name in _POSITIVE_INTS:
-        if body.get(name) is not None and not _positive_int(body[name]):
+        if body.get(name) is not None and not positive_int(body[name]):
             raise ProxyError.invalid_value(name, f"'{name}' must be a positive integer.")
     for name, most in ((*_MAX_COUNTS.items(),) if route != "images/generations" else (("n", _MAX_IMAGES),)):
         if body.get(name) is not None and body[name] > most:

@@ -27,6 +27,7 @@ import asyncpg
 
 from proxy.db.pool import UNAVAILABLE, Pool
 from proxy.ledger.types import HoldRequest, Settlement
+from proxy.tasks import Background
 
 BATCH_SQL = """SELECT op, idx, status, amount, charged, remaining FROM creditgate.ledger_batch(
   $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23,
@@ -112,7 +113,7 @@ class GroupCommitter:
         self._max_batch = max_batch
         self._max_flushers = flushers
         self._items: list[_Item] = []
-        self._flushers: set[asyncio.Task[None]] = set()
+        self._flushers = Background()
 
     def submit_reserve(self, request: HoldRequest, owner: str) -> asyncio.Future[Outcome]:
         future = asyncio.get_running_loop().create_future()
@@ -125,15 +126,13 @@ class GroupCommitter:
     def _submit(self, item: _Item) -> asyncio.Future[Outcome]:
         self._items.append(item)
         if len(self._flushers) < self._max_flushers:
-            task = asyncio.get_running_loop().create_task(self._flush())
-            self._flushers.add(task)
-            task.add_done_callback(self._flushers.discard)
+            self._flushers.spawn(self._flush())
         return item.future
 
     async def close(self) -> None:
         """Wait for every queued item to be sent."""
         while self._flushers:
-            await asyncio.gather(*self._flushers, return_exceptions=True)
+            await self._flushers.drain()
 
     async def _flush(self) -> None:
         while self._items:

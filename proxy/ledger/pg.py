@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from typing import Any
 
 from proxy.db.pool import STATEMENT_TIMEOUT_MS, UNAVAILABLE, Pool, create_pool
 from proxy.errors import ProxyError
 from proxy.ledger.batch import GroupCommitter, Outcome, run_batch
 from proxy.ledger.queries import LedgerQueries
 from proxy.ledger.types import CHECKPOINT, ESTIMATE, PROMPT_ONLY, PROVIDER, Hold, HoldRequest, Settlement, SettleResult
+from proxy.tasks import Background
 
 log = logging.getLogger("creditgate.ledger")
 
@@ -43,7 +43,7 @@ class PgLedger(LedgerQueries):
         # single-statement operations (void, checkpoint, sweeps, admin reads)
         self._committer = GroupCommitter(pool, self.hold_ttl_seconds, timeout=self.timeout, max_batch=max_batch,
                                          flushers=flushers)
-        self._background: set[asyncio.Task[Any]] = set()
+        self._background = Background()
 
     @classmethod
     async def connect(cls, dsn: str, *, hold_ttl_seconds: float, max_size: int = 8, batching: bool = True,
@@ -55,8 +55,7 @@ class PgLedger(LedgerQueries):
     async def close(self) -> None:
         """Send what is queued, finish background voids, close the pool."""
         await self._committer.close()
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        await self._background.drain()
         await self.db.close()
 
     # ------------------------------------------------------------ hot path
@@ -69,7 +68,7 @@ class PgLedger(LedgerQueries):
             out = await self._run(request.org_id, reserve=(request, owner))
         except ProxyError as exc:
             if exc.code == "ledger_unavailable":  # the outcome is unknown: make sure nothing stays held
-                self._spawn(self._void_quietly(request.org_id, request.request_id, owner))
+                self._background.spawn(self._void_quietly(request.org_id, request.request_id, owner))
             raise
         if out.status == "held":
             return Hold(request.org_id, request.request_id, request.amount)
@@ -115,7 +114,7 @@ class PgLedger(LedgerQueries):
                    settle: tuple[str, Settlement] | None = None) -> Outcome:
         future: asyncio.Future[Outcome]
         if not self._batching:
-            future = self._spawn(self._run_alone(org_id, reserve, settle))
+            future = self._background.spawn(self._run_alone(org_id, reserve, settle))
         elif reserve is not None:
             future = self._committer.submit_reserve(*reserve)
         else:
@@ -138,7 +137,7 @@ class PgLedger(LedgerQueries):
 
     def _after_abandoned_reserve(self, future: asyncio.Future[Outcome], reserve: tuple[HoldRequest, str]) -> None:
         if future.cancelled() or future.exception() is not None or future.result().status == "held":
-            self._spawn(self._void_quietly(reserve[0].org_id, reserve[0].request_id, reserve[1]))
+            self._background.spawn(self._void_quietly(reserve[0].org_id, reserve[0].request_id, reserve[1]))
 
     async def _void_quietly(self, org_id: str, request_id: str, owner: str) -> None:
         try:
@@ -146,11 +145,6 @@ class PgLedger(LedgerQueries):
         except ProxyError:
             log.warning("could not void an abandoned hold; the sweeper will settle it")
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return task
 
 
 def _check_hold(r: HoldRequest) -> None:

@@ -62,7 +62,11 @@ class SettleResult:
 class Ledger(Protocol):
     """The money side. Raises `ProxyError` (402 codes, 409 request_id_in_use, 503 ledger_unavailable)."""
 
-    async def reserve(self, request: HoldRequest) -> Hold: ...
+    async def reserve(self, request: HoldRequest) -> Hold:
+        """Hold `request.amount` on the pool and the allocation at once. A caller cancelled while the
+        reserve is in flight leaves no hold: one committed anyway is voided by the ledger itself (only
+        that hold, never another request's), so the sweeper never charges a request that was not sent."""
+        ...
 
     async def settle(self, org_id: str, request_id: str, settlement: Settlement) -> SettleResult: ...
 

@@ -16,6 +16,7 @@ from policies.credits import ReserveCredits
 from policies.model import RewriteModel
 from proxy.config.catalogue import Catalogue
 from proxy.config.policy import PolicyConfig
+from proxy.directory.apikeys import hash_key
 from proxy.directory.types import ApiKey, Membership, StoredProviderKey
 from proxy.errors import ProxyError
 from proxy.gateway.context import RequestContext, Usage
@@ -54,6 +55,23 @@ class FakeDirectory:
         ]
 
 
+KEY = "sk-cg-" + "k" * 43
+
+
+class DirectoryKeys:
+    """The KeyLookup protocol straight over the fake directory (the cache has its own tests)."""
+
+    def __init__(self, directory: FakeDirectory) -> None:
+        self.directory = directory
+
+    async def get(self, hashed: str) -> ApiKey | None:
+        return await self.directory.api_key(hashed)
+
+
+def with_key(directory: FakeDirectory, *, bound: str | None = None, revoked: bool = False) -> None:
+    directory.keys[hash_key(KEY)] = ApiKey("key_1", "usr_1", bound, revoked)
+
+
 class FakeLedger:
     """Records every call; `unavailable` makes the next N settle/void calls raise 503."""
 
@@ -65,12 +83,9 @@ class FakeLedger:
         self.unavailable = 0
         self.remaining: int | None = 123_456
         self.reserve_error: ProxyError | None = None
-        self.reserve_delay = 0.0
         self.settle_delay = 0.0
 
     async def reserve(self, request: HoldRequest) -> Hold:
-        if self.reserve_delay:
-            await asyncio.sleep(self.reserve_delay)
         if self.reserve_error is not None:
             raise self.reserve_error
         self.holds.append(request)

@@ -4,29 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from policies.auth import Authenticate, key_hash
+from policies.auth import Authenticate
 from policies.org import ResolveOrg
-from proxy.config.settings import Secret
 from proxy.directory.types import ApiKey
 from proxy.errors import ProxyError
 from proxy.gateway.context import RequestContext
-from tests.policies.policy_support import FakeDirectory, make_ctx, member
-
-KEY = "sk-cg-" + "k" * 43
-
-
-class DirectoryKeys:
-    """The KeyLookup protocol straight over the fake directory (the cache has its own tests)."""
-
-    def __init__(self, directory: FakeDirectory) -> None:
-        self.directory = directory
-
-    async def get(self, hashed: str) -> ApiKey | None:
-        return await self.directory.api_key(hashed)
-
-
-def with_key(directory: FakeDirectory, *, bound: str | None = None, revoked: bool = False) -> None:
-    directory.keys[key_hash(Secret(KEY))] = ApiKey("key_1", "usr_1", bound, revoked)
+from tests.policies.policy_support import DirectoryKeys, FakeDirectory, make_ctx, member
 
 
 async def auth_error(directory: FakeDirectory, ctx: RequestContext) -> ProxyError:

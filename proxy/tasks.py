@@ -1,0 +1,33 @@
+"""Work started and not awaited: held until it ends (the event loop keeps only weak references to tasks,
+so an unheld task can vanish mid-flight), counted, and drained at shutdown. The one holder the ledger,
+its group commit and the credit policy share."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class Background:
+    __slots__ = ("_tasks",)
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, work: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.Task[T]:
+        """Run `work` now without awaiting it; the task is held until it ends."""
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def drain(self) -> None:
+        """Wait for every task running now to end (their failures are theirs to log)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
