@@ -84,3 +84,16 @@ async def set_clock_to(conn: asyncpg.Connection, target: object) -> None:
     """Skew the database clock so `creditgate.now()` reads `target` (a datetime) right now."""
     await conn.execute("DELETE FROM creditgate.clock_skew")
     await conn.execute("INSERT INTO creditgate.clock_skew (skew) VALUES ($1::timestamptz - pg_catalog.now())", target)
+
+
+ORG, U1, U2 = "org_l", "usr_l1", "usr_l2"
+
+
+@pytest.fixture
+async def org(db: asyncpg.Connection, ledger: PgLedger) -> PgLedger:
+    """An org with 10,000 millicredits and two members, the second with an allocation of 3,000."""
+    await add_org(db, ORG)
+    await add_member(db, ORG, U1)
+    await add_member(db, ORG, U2, limit=3000)
+    await ledger.grant(ORG, 10_000, "seed", "g1", None, "operator")
+    return ledger

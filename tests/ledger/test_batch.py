@@ -3,22 +3,10 @@
 from __future__ import annotations
 
 import asyncpg
-import pytest
 
 from proxy.ledger.batch import run_batch
 from proxy.ledger.pg import PgLedger
-from tests.ledger.conftest import add_member, add_org, hold, pool_state, usage, violations
-
-ORG, U1, U2 = "org_l", "usr_l1", "usr_l2"
-
-
-@pytest.fixture
-async def org(db: asyncpg.Connection, ledger: PgLedger) -> PgLedger:
-    await add_org(db, ORG)
-    await add_member(db, ORG, U1)
-    await add_member(db, ORG, U2, limit=3000)
-    await ledger.grant(ORG, 10_000, "seed", "g1", None, "operator")
-    return ledger
+from tests.ledger.conftest import ORG, U1, add_member, add_org, hold, pool_state, usage, violations
 
 
 async def test_suspension_holds_when_a_batch_settles_before_it_reserves(org: PgLedger, db: asyncpg.Connection) -> None:

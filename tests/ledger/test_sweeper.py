@@ -5,22 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
-import pytest
 
 from proxy.ledger.pg import PgLedger
 from proxy.ledger.sweeper import Sweeper
-from tests.ledger.conftest import add_member, add_org, hold, set_clock, violations
-
-ORG, U1, U2 = "org_l", "usr_l1", "usr_l2"
-
-
-@pytest.fixture
-async def org(db: asyncpg.Connection, ledger: PgLedger) -> PgLedger:
-    await add_org(db, ORG)
-    await add_member(db, ORG, U1)
-    await add_member(db, ORG, U2, limit=3000)
-    await ledger.grant(ORG, 10_000, "seed", "g1", None, "operator")
-    return ledger
+from tests.ledger.conftest import ORG, U1, hold, set_clock, violations
 
 
 async def test_sweeper_task_expires_holds_in_the_background(org: PgLedger, db: asyncpg.Connection) -> None:
