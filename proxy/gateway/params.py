@@ -106,7 +106,7 @@ DROPPED_PREFIXES = (
     "litellm_", "aws_", "vertex_", "azure_", "cost_", "user_api_key", "langfuse_", "langsmith_", "arize_",
     "braintrust_", "dd_", "gcs_", "humanloop_", "lunary_", "newrelic_", "posthog_", "signoz_", "wandb_",
     "weave_", "slack_", "bedrock_", "sagemaker_", "s3_", "anthropic", "agentcore_", "nvcf_", "fireworks_",
-    "regional_", "_",
+    "regional_", "mock_", "_",
 )
 DROPPED_INFIXES = ("_cost_", "cost_per_")
 MAX_FIELD_NAME = 64

@@ -31,7 +31,7 @@ def test_openai_parameters_pass_and_credentials_routing_and_logging_are_dropped(
     body = {"model": "m", "messages": [], "temperature": 0.2, "tools": [{"type": "function"}], "user": "u",
             "api_key": "sk-x", "api_base": "http://x", "metadata": {}, "litellm_metadata": {}, "_private": 1,
             "headers": {"Authorization": "x"}, "provider_specific_header": {}, "aws_region_name": "x",
-            "input_cost_per_token": 0, "custom_cost_per_token": 0}
+            "input_cost_per_token": 0, "custom_cost_per_token": 0, "mock_testing_rate_limit_error": True}
     assert forwardable("chat/completions", body, frozenset()) == {
         "model": "m", "messages": [], "temperature": 0.2, "tools": [{"type": "function"}], "user": "u"}
 
