@@ -3,7 +3,7 @@ import and nothing is attached after construction.
 
 Routes (CONTRACT.md, Client API), under `/v1` and `/api/v1/llm`: POST chat/completions, completions,
 embeddings, images/generations (the billed passthrough, raw ASGI); the caller's and the operator's JSON
-APIs; GET models and models/{id}; `/healthz`, `/readyz`, `/metrics`, `/openapi.json`. `routes` given to
+APIs; GET models and models/{id}; `/healthz`, `/readyz`, `/metrics`, `/openapi.json` and `/docs`. `routes` given to
 create_app come first, so a route there replaces a default one. Any other route or method is 404
 `route_not_found` (a trailing slash included): nothing passes through unbilled.
 

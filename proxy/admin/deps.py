@@ -1,4 +1,5 @@
-"""What the admin route handlers share: the stores, the authorizer, and the configured vocabularies."""
+"""What the admin route handlers share: the stores, the authorizer, and the body reader (with the
+configured tiers and power levels)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from proxy.admin.auth import Authorizer
+from proxy.api.decode import BodyReader
 from proxy.api.stores import DirectoryAdmin, LedgerAdmin
 from proxy.db.pool import Row
 from proxy.directory.types import Membership
@@ -32,5 +34,4 @@ class AdminDeps:
     ledger: LedgerAdmin
     auth: Authorizer
     on_revoke: Callable[[str], Awaitable[None]]
-    tiers: frozenset[str]
-    power_levels: frozenset[str]
+    bodies: BodyReader

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from msgspec import UNSET
 from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy.admin.deps import AdminDeps
-from proxy.admin.input import Body, path_id
+from proxy.admin.input import path_id
+from proxy.api.bodies import Adjustment, CreateOrg, Grant, PatchOrg
 from proxy.api.jsonapi import (
     id_cursor,
     json_response,
     listing,
     page,
+    parse_time,
     query_choice,
     query_id,
     time_window,
@@ -44,12 +47,8 @@ class OrgRoutes:
 
     async def create(self, request: Request) -> Response:
         caller = await self.d.auth.operator(request)
-        body = await Body.read(request, ("name", "tier"))
-        name = body.text("name")
-        tier = body.choice("tier", self.d.tiers)
-        if tier is None:
-            raise ProxyError.missing_field("tier")
-        return json_response(await self.d.directory.create_org(name, tier, caller.actor), 201)
+        body = await self.d.bodies.read(request, CreateOrg)
+        return json_response(await self.d.directory.create_org(body.name, body.tier, caller.actor), 201)
 
     async def list_all(self, request: Request) -> Response:
         await self.d.auth.operator(request)
@@ -65,8 +64,8 @@ class OrgRoutes:
     async def update(self, request: Request) -> Response:
         caller = await self.d.auth.operator(request)
         org_id = path_id(request, "org", "org")
-        body = await Body.read(request, ("tier", "suspended"))
-        changes: Row = {"tier": body.choice("tier", self.d.tiers), "suspended": body.boolean("suspended")}
+        body = await self.d.bodies.read(request, PatchOrg)
+        changes: Row = {"tier": None if body.tier is UNSET else body.tier, "suspended": body.suspended}
         if all(v is None for v in changes.values()):
             raise ProxyError.invalid_value(None, "Nothing to change: send 'tier' and/or 'suspended'.")
         org = await self.d.directory.update_org(org_id, changes, caller.actor)
@@ -78,11 +77,9 @@ class OrgRoutes:
         """Funds the pool; idempotent by `idempotency_key` (the same key with other fields is 409)."""
         caller = await self.d.auth.operator(request)
         org_id = path_id(request, "org", "org")
-        body = await Body.read(request, ("amount_millicredits", "reason", "idempotency_key", "expires_at"))
-        amount = body.amount("amount_millicredits")
-        reason = body.text("reason", max_len=500)
-        key = body.text("idempotency_key")
-        expires_at = body.timestamp("expires_at")
+        body = await self.d.bodies.read(request, Grant)
+        amount, reason, key = body.amount_millicredits, body.reason, body.idempotency_key
+        expires_at = None if body.expires_at is None else parse_time(body.expires_at, "expires_at")
         if expires_at is not None and expires_at <= datetime.now(UTC):
             raise ProxyError.invalid_value("expires_at", "'expires_at' must be in the future.")
         await self._existing(org_id)
@@ -95,10 +92,8 @@ class OrgRoutes:
         """A signed correction (a refund is positive); idempotent by `idempotency_key`."""
         caller = await self.d.auth.operator(request)
         org_id = path_id(request, "org", "org")
-        body = await Body.read(request, ("amount_millicredits", "reason", "idempotency_key"))
-        amount = body.amount("amount_millicredits", signed=True)
-        reason = body.text("reason", max_len=500)
-        key = body.text("idempotency_key")
+        body = await self.d.bodies.read(request, Adjustment)
+        amount, reason, key = body.amount_millicredits, body.reason, body.idempotency_key
         await self._existing(org_id)
         result = await self.d.ledger.adjust(org_id, amount, reason, key, caller.actor)
         detail = {"amount_millicredits": amount, "reason": reason, "idempotency_key": key}

@@ -14,20 +14,22 @@ from __future__ import annotations
 
 import logging
 
+import msgspec
+from msgspec import UNSET
 from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy.admin.auth import Caller
 from proxy.admin.deps import AdminDeps
-from proxy.admin.input import Body, email_or_none, path_id
+from proxy.admin.input import email, email_or_none, path_id
+from proxy.api.answers import MemberRemoved
+from proxy.api.bodies import CreateKey, CreateUser, PutMember
 from proxy.api.jsonapi import id_cursor, json_response, listing, page, query_id
 from proxy.db.pool import Row
 from proxy.errors import ProxyError
 
 log = logging.getLogger(__name__)
-ROLES = ("member", "admin")
-PERIODS = ("none", "day", "week", "month")
-MEMBER_FIELDS = ("role", "allocation_millicredits", "allocation_period", "default", "power_level", "suspended")
+NULLABLE = ("allocation_millicredits", "power_level")
 
 
 def member_not_found() -> ProxyError:
@@ -42,10 +44,9 @@ class PeopleRoutes:
 
     async def create_user(self, request: Request) -> Response:
         caller = await self.d.auth.operator(request)
-        body = await Body.read(request, ("email", "name"))
-        email = body.email("email")
-        name = body.text("name", required=False)
-        return json_response(await self.d.directory.create_user(email, name, caller.actor), 201)
+        body = await self.d.bodies.read(request, CreateUser)
+        created = await self.d.directory.create_user(email(body.email), body.name or "", caller.actor)
+        return json_response(created, 201)
 
     async def list_users(self, request: Request) -> Response:
         await self.d.auth.operator(request)
@@ -61,21 +62,13 @@ class PeopleRoutes:
         Only the fields sent change an existing one."""
         caller, org_id = await self.d.auth.org_admin(request)
         user_id = path_id(request, "user", "usr")
-        body = await Body.read(request, MEMBER_FIELDS)
-        values = {
-            "role": body.choice("role", ROLES),
-            "allocation_millicredits": body.limit_or_null("allocation_millicredits"),
-            "allocation_period": body.choice("allocation_period", PERIODS),
-            "default": body.boolean("default"),
-            "power_level": body.choice("power_level", self.d.power_levels, nullable=True),
-            "suspended": body.boolean("suspended"),
-        }
+        body = await self.d.bodies.read(request, PutMember)
         # null keeps the current value, except where null is a value (unlimited, no default level)
-        nullable = ("allocation_millicredits", "power_level")
-        fields = {k: v for k, v in values.items() if body.has(k) and (v is not None or k in nullable)}
+        fields = {k: v for k, v in msgspec.structs.asdict(body).items()
+                  if v is not UNSET and (v is not None or k in NULLABLE)}
         if caller.is_operator:
             return json_response(await self.d.directory.put_member(org_id, user_id, fields, caller.actor))
-        if body.has("default"):  # refused before the member is looked up: the answer says nothing about them
+        if body.default is not UNSET:  # refused before the member is looked up: the answer says nothing about them
             raise ProxyError.permission("operator_only", "Only the operator sets a member's default organization.")
         return json_response(await self.d.directory.update_member(org_id, user_id, fields, caller.actor))
 
@@ -84,7 +77,7 @@ class PeopleRoutes:
         user_id = path_id(request, "user", "usr")
         if not await self.d.directory.delete_member(org_id, user_id, caller.actor):
             raise member_not_found()
-        return json_response({"org_id": org_id, "user_id": user_id, "deleted": True})
+        return json_response(MemberRemoved(org_id=org_id, user_id=user_id, deleted=True))
 
     # ------------------------------------------------------------------ API keys
 
@@ -109,10 +102,8 @@ class PeopleRoutes:
         caller = await self.d.auth.caller(request)
         if caller.key is not None and caller.key.bound_org_id is not None:
             await self.d.auth.admin_of(caller, caller.key.bound_org_id)  # a plain member's body is not read
-        body = await Body.read(request, ("user_id", "org_id", "name"))
-        user_id = body.ident("user_id", "usr")
-        org_id = self._implied_org(caller, body.ident_or_none("org_id", "org"))
-        name = body.text("name", required=False)
+        body = await self.d.bodies.read(request, CreateKey)
+        user_id, org_id, name = body.user_id, self._implied_org(caller, body.org_id), body.name or ""
         await self._key_org(caller, org_id)
         if not caller.is_operator and user_id != caller.actor:
             await self._not_another_admin(user_id, org_id)

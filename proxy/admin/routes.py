@@ -16,6 +16,7 @@ from proxy.admin.auth import Authorizer
 from proxy.admin.deps import AdminDeps, AdminDirectory
 from proxy.admin.orgs import OrgRoutes
 from proxy.admin.people import PeopleRoutes
+from proxy.api.decode import BodyReader
 from proxy.api.stores import LedgerAdmin
 from proxy.config.settings import Secret
 from proxy.directory.types import ApiKey
@@ -39,8 +40,7 @@ def admin_routes(
         ledger=ledger,
         auth=Authorizer(admin_token, lookup_key, directory.memberships),
         on_revoke=on_revoke,
-        tiers=frozenset(tiers),
-        power_levels=frozenset(power_levels),
+        bodies=BodyReader(tiers=tiers, power_levels=power_levels),
     )
     orgs, people = OrgRoutes(deps), PeopleRoutes(deps)
     return [

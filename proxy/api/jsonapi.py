@@ -1,10 +1,10 @@
 """The JSON layer the caller's own routes and the admin routes share (STYLE.md 14): bounded body reads,
 answers, paging, times, and the checks every path and query value passes before it reaches a store.
+Bodies are then decoded through their declarations (proxy/api/decode.py, proxy/api/bodies.py).
 
 Every rejection is a `ProxyError` of the contract's table (CONTRACT.md, Errors): a body past
-`MAX_BODY_BYTES` is 413 `body_too_large` before more of it is read; a body that is not a JSON object is
-400 `invalid_json`; a bad time, cursor, limit, choice or id is 400 `invalid_value` naming its parameter.
-A 5xx from client input is a bug (issue 7, item 6).
+`MAX_BODY_BYTES` is 413 `body_too_large` before more of it is read; a bad time, cursor, limit, choice
+or id is 400 `invalid_value` naming its parameter. A 5xx from client input is a bug (issue 7, item 6).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import re
 from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
 
+import msgspec
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
@@ -45,11 +45,16 @@ def _default(value: object) -> object:
     # amounts are integers; a Decimal from the database is whole millicredits or an exact price
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else str(value)
+    # an answer the API composes from its declaration (proxy/api/answers.py): its fields, unset ones left
+    # out, with times and Decimals left for the lines above and orjson, so both kinds render alike
+    if isinstance(value, msgspec.Struct):
+        return msgspec.to_builtins(value, builtin_types=(datetime, Decimal))
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
 def json_response(data: object, status: int = 200) -> Response:
-    """orjson-encoded answer; datetimes as RFC 3339 in UTC ("...Z"), Decimals as exact numbers."""
+    """orjson-encoded answer of store rows and declared structs alike; datetimes as RFC 3339 in UTC
+    ("...Z"), Decimals as exact numbers (whole ones as integers, others as strings)."""
     content = orjson.dumps(data, default=_default, option=orjson.OPT_UTC_Z)
     return Response(content, status_code=status, media_type="application/json")
 
@@ -61,10 +66,10 @@ def listing(rows: object, has_more: bool) -> Response:
 # ---------------------------------------------------------------------------------------------- bodies
 
 
-async def read_object(request: Request, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
-    """The request body as a JSON object. Past `limit` bytes it is 413 `body_too_large`: at once when
+async def read_bytes(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, at most `limit` bytes. Past it the answer is 413 `body_too_large`: at once when
     Content-Length says so, else as soon as the streamed bytes pass it (never buffered whole first).
-    Not JSON, nested deeper than orjson's 1024 levels, or not an object: 400 `invalid_json`."""
+    What the bytes must be is their declaration's to say (proxy/api/decode.py)."""
     declared = request.headers.get("content-length", "")
     if _NUMBER.fullmatch(declared) and (len(declared) > 19 or int(declared) > limit):
         raise ProxyError.body_too_large(limit)
@@ -75,13 +80,7 @@ async def read_object(request: Request, limit: int = MAX_BODY_BYTES) -> dict[str
         if size > limit:
             raise ProxyError.body_too_large(limit)
         chunks.append(chunk)
-    try:
-        data = orjson.loads(b"".join(chunks))
-    except orjson.JSONDecodeError:
-        raise ProxyError.invalid_json() from None
-    if not isinstance(data, dict):
-        raise ProxyError.invalid_json("The request body must be a JSON object.")
-    return data
+    return b"".join(chunks)
 
 
 # ---------------------------------------------------------------------------------------------- path and query

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from proxy.api.jsonapi import json_response, read_object
+from proxy.api.answers import Listing, ProviderKey, ProviderKeyRemoved, ProviderKeyTest, Scope
+from proxy.api.bodies import PutProviderKey, ToggleProviderKey
+from proxy.api.decode import BodyReader
+from proxy.api.jsonapi import json_response
 from proxy.api.stores import DirectoryAdmin, LedgerAdmin
-from proxy.caller.common import SCOPES, Identify, both, membership, require_scope, scope_of
+from proxy.caller.common import Identify, both, membership, require_scope, scope_of
 from proxy.caller.models import providers_of
 from proxy.config.catalogue import Catalogue
 from proxy.config.settings import Secret
@@ -40,27 +43,19 @@ class ByokDirectory(DirectoryAdmin, Directory, Protocol):
     """PgDirectory: the admin side (store, list, delete, toggle) and the hot path's key lookup."""
 
 
-def key_view(row: Row) -> dict[str, Any]:
+def key_view(row: Row) -> ProviderKey:
     """A stored key as answers show it: never the key or its ciphertext."""
-    return {
-        "provider": row["provider"],
-        "scope": row["scope"],
-        "masked_key": mask(str(row.get("last4") or "")),
-        "enabled": bool(row["enabled"]),
-        "created_at": row.get("created_at"),
-        "updated_at": row.get("updated_at"),
-    }
+    return ProviderKey(provider=row["provider"], scope=row["scope"], masked_key=mask(str(row.get("last4") or "")),
+                       enabled=bool(row["enabled"]), created_at=row.get("created_at"), updated_at=row.get("updated_at"))
 
 
 def owner_of(member: Membership, scope: str) -> str:
     return member.org_id if scope == "org" else member.user_id
 
 
-def validate_key(value: object) -> Secret:
-    """A provider API key: printable ASCII without spaces (it travels in an HTTP header). The error
-    never echoes it."""
-    if not isinstance(value, str):
-        raise ProxyError.invalid_value("api_key", "'api_key' must be a string.")
+def validate_key(value: str) -> Secret:
+    """A provider API key (a string, as its declaration says): trimmed, then printable ASCII without
+    spaces (it travels in an HTTP header). The error never echoes it."""
     key = value.strip()
     if not MIN_KEY_CHARS <= len(key) <= MAX_KEY_CHARS:
         raise ProxyError.invalid_value("api_key", f"'api_key' must be {MIN_KEY_CHARS} to {MAX_KEY_CHARS} characters.")
@@ -80,24 +75,18 @@ def byok_routes(
 ) -> list[BaseRoute]:
     """The BYOK routes under /byok/keys; keys are sealed and opened with `keybox` (proxy/directory/crypto.py)."""
     providers = providers_of(catalogue)
+    bodies = BodyReader(providers=providers)
 
-    def provider_param(value: object, param: str = "provider") -> str:
-        if not isinstance(value, str) or value.strip().lower() not in providers:
+    def provider_param(value: str, param: str = "provider") -> str:
+        if value.strip().lower() not in providers:
             known = ", ".join(sorted(providers))
             raise ProxyError.invalid_value(param, f"Unknown provider; expected one of: {known}.")
         return value.strip().lower()
 
     async def put_key(request: Request) -> Response:
         member = membership(await identify(request))
-        body = await read_object(request)
-        for name in ("provider", "api_key"):
-            if body.get(name) is None:
-                raise ProxyError.missing_field(name)
-        provider = provider_param(body["provider"])
-        key = validate_key(body["api_key"])
-        scope = body.get("scope", "user")
-        if scope not in SCOPES:
-            raise ProxyError.invalid_value("scope", "'scope' must be 'user' or 'org'.")
+        body = await bodies.read(request, PutProviderKey)
+        provider, key, scope = provider_param(body.provider), validate_key(body.api_key), body.scope
         require_scope(scope, member)
         row = await directory.put_provider_key(
             member.org_id, scope, owner_of(member, scope), provider, keybox.encrypt(key), last4(key)
@@ -110,12 +99,12 @@ def byok_routes(
         member = membership(await identify(request))
         rows = await directory.list_provider_keys(member.org_id, member.user_id)
         views = [key_view(row) for row in rows]
-        mine = {v["provider"] for v in views if v["scope"] == "user" and v["enabled"]}
+        mine = {v.provider for v in views if v.scope == "user" and v.enabled}
         for view in views:
             # the key a request would use: the member's enabled key beats the org's
-            view["active"] = view["enabled"] and (view["scope"] == "user" or view["provider"] not in mine)
-        views.sort(key=lambda v: (v["provider"], v["scope"] != "user"))
-        return json_response({"data": views, "has_more": False})
+            view.active = view.enabled and (view.scope == "user" or view.provider not in mine)
+        views.sort(key=lambda v: (v.provider, v.scope != "user"))
+        return json_response(Listing(data=views, has_more=False))
 
     async def delete_key(request: Request) -> Response:
         member, scope, provider = await target(request)
@@ -123,21 +112,15 @@ def byok_routes(
             raise not_stored(provider, scope)
         log.info("byok key deleted", extra={"org_id": member.org_id, "provider": provider, "scope": scope})
         await audited(member, scope, "byok.delete", provider)
-        return json_response({"provider": provider, "scope": scope, "deleted": True})
+        return json_response(ProviderKeyRemoved(provider=provider, scope=scope, deleted=True))
 
     async def toggle_key(request: Request) -> Response:
         member, scope, provider = await target(request)
-        body = await read_object(request)
-        if "enabled" not in body:
-            raise ProxyError.missing_field("enabled")
-        if not isinstance(body["enabled"], bool):
-            raise ProxyError.invalid_value("enabled", "'enabled' must be true or false.")
-        row = await directory.toggle_provider_key(
-            member.org_id, scope, owner_of(member, scope), provider, body["enabled"]
-        )
+        enabled = (await bodies.read(request, ToggleProviderKey)).enabled
+        row = await directory.toggle_provider_key(member.org_id, scope, owner_of(member, scope), provider, enabled)
         if row is None:
             raise not_stored(provider, scope)
-        await audited(member, scope, "byok.toggle", provider, enabled=body["enabled"])
+        await audited(member, scope, "byok.toggle", provider, enabled=enabled)
         return json_response(key_view(row))
 
     async def test_key(request: Request) -> Response:
@@ -155,7 +138,7 @@ def byok_routes(
             raise ProxyError(409, "conflict_error", "byok_key_unreadable",
                              "The stored key can no longer be decrypted; store it again.") from None
         status, message = await probe(model, key)
-        return json_response({"ok": 200 <= status < 300, "status": status, "message": message})
+        return json_response(ProviderKeyTest(ok=200 <= status < 300, status=status, message=message))
 
     async def key_usage(request: Request) -> Response:
         member, scope, provider = await target(request)
@@ -168,7 +151,7 @@ def byok_routes(
         if scope == "org":
             await directory.audit(member.user_id, action, member.org_id, provider, {"scope": scope, **detail})
 
-    async def target(request: Request) -> tuple[Membership, str, str]:
+    async def target(request: Request) -> tuple[Membership, Scope, str]:
         member = membership(await identify(request))
         scope = scope_of(request.query_params, member)
         return member, scope, provider_param(request.path_params["provider"])

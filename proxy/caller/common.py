@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from proxy.api.answers import Scope
 from proxy.api.jsonapi import check_params, query_choice
 from proxy.directory.types import Membership
 from proxy.errors import ProxyError
@@ -76,9 +77,9 @@ def is_admin(member: Membership) -> bool:
     return member.role == "admin"
 
 
-def scope_of(params: Mapping[str, str], member: Membership) -> str:
+def scope_of(params: Mapping[str, str], member: Membership) -> Scope:
     """`scope` = "user" (default) or "org"; the org's keys are managed by org admins only (403)."""
-    scope = query_choice(params, "scope", SCOPES, "user")
+    scope: Scope = "org" if query_choice(params, "scope", SCOPES, "user") == "org" else "user"
     require_scope(scope, member)
     return scope
 

@@ -8,12 +8,12 @@ holds the listed models whose deployments all take members' keys, `platform` the
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
+from proxy.api.answers import CategorizedModels, ModelList
+from proxy.api.answers import Model as ModelObject
 from proxy.api.jsonapi import json_response
 from proxy.api.stores import DirectoryAdmin
 from proxy.caller.common import Identify, both, membership
@@ -45,8 +45,8 @@ def usable(model: Model, member: Membership, keyed: set[str], policy: PolicyConf
     return model.byok_allowed and model.provider in keyed
 
 
-def model_object(model: Model, created: int) -> dict[str, Any]:
-    return {"id": model.name, "object": "model", "created": created, "owned_by": model.provider}
+def model_object(model: Model, created: int) -> ModelObject:
+    return ModelObject(id=model.name, created=created, owned_by=model.provider)
 
 
 def model_routes(
@@ -67,15 +67,14 @@ def model_routes(
         return [m for m in models if usable(m, member, keyed, policy)]
 
     async def list_models(request: Request) -> Response:
-        data = [model_object(m, created) for m in await visible(request)]
-        return json_response({"object": "list", "data": data})
+        return json_response(ModelList(data=[model_object(m, created) for m in await visible(request)]))
 
     async def categorized(request: Request) -> Response:
         shown = await visible(request)
-        return json_response({
-            "platform": [model_object(m, created) for m in shown if not m.byok_allowed],
-            "byok": [model_object(m, created) for m in shown if m.byok_allowed],
-        })
+        return json_response(CategorizedModels(
+            platform=[model_object(m, created) for m in shown if not m.byok_allowed],
+            byok=[model_object(m, created) for m in shown if m.byok_allowed],
+        ))
 
     async def one_model(request: Request) -> Response:
         model_id: str = request.path_params["model_id"]

@@ -9,11 +9,13 @@ so it acts for the API key's user in the active org; errors are `ProxyError`s th
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
+from proxy.api.answers import RequestRecord
 from proxy.api.jsonapi import json_response, page, query_choice, time_window
 from proxy.api.stores import LedgerAdmin
 from proxy.caller.byok import ByokDirectory, Probe, byok_routes
@@ -29,19 +31,6 @@ USAGE_GROUPS = ("model", "day")
 MAX_REQUEST_ID = 64
 # the ids the gateway records: a client's safe X-Request-Id or a generated req_ (proxy/gateway/headers.py)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-# GET /v1/requests/{id} shows exactly these (CONTRACT.md); the ledger's row also carries user_id
-REQUEST_FIELDS = (
-    "request_id",
-    "status",
-    "model",
-    "prompt_tokens",
-    "completion_tokens",
-    "held_millicredits",
-    "charged_millicredits",
-    "list_price_millicredits",
-    "usage_source",
-    "byok",
-)
 
 
 def caller_routes(
@@ -98,7 +87,9 @@ def credit_routes(*, identify: Identify, ledger: LedgerAdmin) -> list[BaseRoute]
         # members see their own requests, org admins their org's; anything else looks absent
         if row is None or (row.get("user_id") != member.user_id and member.role != "admin"):
             raise ProxyError.not_found("request_not_found", f"No request '{request_id[:MAX_REQUEST_ID]}' found.")
-        return json_response({name: row.get(name) for name in REQUEST_FIELDS})
+        # exactly the declared fields (CONTRACT.md); the ledger's row also carries user_id
+        shown: dict[str, Any] = {name: row.get(name) for name in RequestRecord.__struct_fields__}
+        return json_response(RequestRecord(**shown))
 
     async def purchase(request: Request) -> Response:
         await identify(request)

@@ -8,16 +8,16 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-import proxy.admin.input
+import proxy.admin.deps
 import proxy.caller.byok
-from proxy.api import jsonapi
+from proxy.api import decode, jsonapi
 
 from .conftest import Caller, answer, error
 
 
 def test_caller_and_admin_bodies_go_through_one_bounded_reader() -> None:
-    assert proxy.caller.byok.read_object is jsonapi.read_object
-    assert proxy.admin.input.read_object is jsonapi.read_object
+    assert proxy.caller.byok.BodyReader is proxy.admin.deps.BodyReader is decode.BodyReader
+    assert decode.read_bytes is jsonapi.read_bytes
     assert jsonapi.MAX_BODY_BYTES == 64 * 1024
 
 

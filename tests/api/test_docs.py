@@ -1,0 +1,67 @@
+"""GET /docs: a Swagger UI page from the pinned package, pointing at /openapi.json, loading only
+same-origin assets that are served, and no script or style from anywhere else."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+from starlette.applications import Starlette
+from swagger_ui_bundle import swagger_ui_path
+
+from proxy.api.docs import docs_routes
+
+TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".png": "image/png"}
+
+
+class Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+        self.inline_scripts = 0
+        self._in_script = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.found += [value for name, value in attrs if name in ("src", "href") and value]
+        self._in_script = tag == "script"
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script and data.strip():
+            self.inline_scripts += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_script = False
+
+
+async def test_the_page_loads_only_same_origin_assets_that_are_served() -> None:
+    app = Starlette(routes=docs_routes("/openapi.json"))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw.test") as http:
+        page = await http.get("/docs")
+        assert (page.status_code, page.headers["content-type"]) == (200, "text/html; charset=utf-8")
+        assert page.headers["x-content-type-options"] == "nosniff"
+        links = Links()
+        links.feed(page.text)
+        assert links.inline_scripts == 0
+        assert sorted(links.found) == ["docs/favicon-32x32.png", "docs/start.js", "docs/swagger-ui-bundle.js",
+                                       "docs/swagger-ui.css"]
+        for link in links.found:
+            url = urljoin(str(page.url), link)
+            assert urlsplit(url).netloc == "gw.test", url
+            asset = await http.get(url)
+            assert (asset.status_code, asset.headers["content-type"]) == (200, TYPES[Path(link).suffix]), link
+            assert asset.content, link
+        start = await http.get("/docs/start.js")
+        assert 'url: "openapi.json"' in start.text and "SwaggerUIBundle(" in start.text
+        assert urljoin(str(page.url), "openapi.json") == "http://gw.test/openapi.json"
+
+
+async def test_the_assets_are_the_packages_own_files_and_nothing_else_is_served() -> None:
+    app = Starlette(routes=docs_routes("/openapi.json"))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw.test") as http:
+        bundle = await http.get("/docs/swagger-ui-bundle.js")
+        assert bundle.content == (Path(swagger_ui_path) / "swagger-ui-bundle.js").read_bytes()
+        for other in ("/docs/index.html", "/docs/swagger-initializer.js", "/docs/../docs.py", "/docs/LICENSE"):
+            assert (await http.get(other)).status_code == 404, other
+    assert Path(swagger_ui_path).name.startswith("swagger-ui-5.")  # 5.x reads OpenAPI 3.1; 4.x refuses it
