@@ -4,7 +4,7 @@ VENV := .venv
 LLM_VENV := .venv-litellm
 PY := $(VENV)/bin/python
 
-.PHONY: install run test test-fast lint bench bench-gateway bench-full bench-ledger chaos clean
+.PHONY: install run test test-fast lint bench bench-gateway bench-full bench-ledger bench-json chaos clean
 
 install: $(VENV)/.installed $(LLM_VENV)/.installed .system-ok
 
@@ -36,7 +36,7 @@ lint: install
 	$(VENV)/bin/ruff check proxy policies tests devstack bench
 	$(VENV)/bin/mypy
 
-bench: bench-gateway bench-full bench-ledger
+bench: bench-gateway bench-full bench-ledger bench-json
 
 bench-gateway: install
 	$(PY) -m bench.gateway
@@ -47,6 +47,10 @@ bench-full: install
 
 bench-ledger: install
 	$(PY) -m bench.ledger
+
+# the admin and caller APIs' JSON layer: msgspec (chosen) against pydantic v2 and orjson alone
+bench-json: install
+	$(PY) -m bench.json_layer
 
 clean:
 	rm -rf $(VENV) $(LLM_VENV) .system-ok
