@@ -1,4 +1,5 @@
-"""Admin-area fixtures: a migrated fresh database, a PgDirectory, and an in-process admin app."""
+"""Admin-area fixtures: a migrated fresh database, a PgDirectory, and an in-process admin app (over the
+shared in-memory FakeLedger of tests/fakes.py, or the real ledger in test_real_ledger.py)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ from proxy.config.settings import Secret
 from proxy.db.migrate import migrate
 from proxy.directory.pg import PgDirectory
 from proxy.errors import ProxyError
+from tests.fakes import FakeLedger
 
-from .fakes import FakeLedger
 from .world import World, open_world, seed
 
 
@@ -48,6 +49,13 @@ TIERS = ("free", "starter", "professional", "enterprise")
 POWER_LEVELS = ("eco", "balanced", "precision")
 _shared = itertools.count(1)
 _lanes = itertools.count(1)
+# what the admin tests' fake ledger answers for usage (tests/admin/test_orgs.py asserts it)
+USAGE_ROWS = [{"group": "x", "requests": 2, "prompt_tokens": 10, "completion_tokens": 5, "charged_millicredits": 42,
+               "list_price_millicredits": 70}]
+
+
+def fake_ledger_for_admin() -> FakeLedger:
+    return FakeLedger(usage_rows=[dict(row) for row in USAGE_ROWS])
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -129,7 +137,7 @@ async def shared_admin(pg: services.Service) -> AsyncIterator[Admin]:
     await migrate(dsn)
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
     assert pool is not None
-    directory, ledger = PgDirectory(pool), FakeLedger()
+    directory, ledger = PgDirectory(pool), fake_ledger_for_admin()
     revoked: list[str] = []
     app = build_app(directory, ledger, revoked)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://admin.test") as http:
@@ -139,7 +147,7 @@ async def shared_admin(pg: services.Service) -> AsyncIterator[Admin]:
 
 @pytest.fixture
 def fake_ledger() -> FakeLedger:
-    return FakeLedger()
+    return fake_ledger_for_admin()
 
 
 @pytest.fixture

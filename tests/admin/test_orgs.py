@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from tests.fakes import FakeLedger
+
 from .conftest import Admin
-from .fakes import FakeLedger
 
 
 async def test_create_and_show_an_org_with_its_pool_and_members(admin: Admin) -> None:

@@ -28,8 +28,9 @@ from proxy.db.migrate import migrate
 from proxy.directory.crypto import KeyBox
 from proxy.directory.pg import PgDirectory
 from proxy.errors import ProxyError
+from tests.fakes import FakeLedger
 
-from .fakes import FakeIdentify, FakeLedger, FakeProbe, member
+from .fakes import FakeIdentify, FakeProbe, member
 
 ROOT = Path(__file__).resolve().parents[2]
 CREATED = 1767225600

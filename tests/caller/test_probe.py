@@ -21,9 +21,10 @@ from proxy.config.settings import Secret
 from proxy.directory.crypto import KeyBox
 from proxy.directory.pg import PgDirectory
 from proxy.errors import ProxyError
+from tests.fakes import FakeLedger
 
 from .conftest import TOKENS, answer, render
-from .fakes import FakeIdentify, FakeLedger
+from .fakes import FakeIdentify
 
 
 @pytest.fixture

@@ -18,9 +18,10 @@ from proxy.config.policy import PolicyConfig
 from proxy.config.settings import Secret, Settings
 from proxy.directory.crypto import KeyBox
 from proxy.directory.pg import PgDirectory
+from tests.fakes import FakeLedger
 
 from .conftest import ROOT, TOKENS, answer, error
-from .fakes import FakeIdentify, FakeLedger, FakeProbe
+from .fakes import FakeIdentify, FakeProbe
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.policies.policy_support import FakeDirectory, FakeLedger
+from tests.fakes import FakeLedger
+from tests.policies.policy_support import FakeDirectory
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,11 +1,9 @@
 """In-memory fakes of the hot-path protocols (proxy/gateway/context.py) and helpers for the policy unit tests.
 
-Named uniquely: tests/policies has no __init__.py, since a package named `policies` would shadow
-the real one."""
+The ledger's fake is the shared one, tests/fakes.py's `FakeLedger`."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from fractions import Fraction
@@ -18,10 +16,10 @@ from proxy.config.catalogue import Catalogue
 from proxy.config.policy import PolicyConfig
 from proxy.directory.apikeys import hash_key
 from proxy.directory.types import ApiKey, Membership, StoredProviderKey
-from proxy.errors import ProxyError
 from proxy.gateway.context import RequestContext, Usage
 from proxy.gateway.tokens import TokenCounter
-from proxy.ledger.types import Hold, HoldRequest, Settlement, SettleResult
+from proxy.ledger.types import Settlement
+from tests.fakes import FakeLedger
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,45 +68,6 @@ class DirectoryKeys:
 
 def with_key(directory: FakeDirectory, *, bound: str | None = None, revoked: bool = False) -> None:
     directory.keys[hash_key(KEY)] = ApiKey("key_1", "usr_1", bound, revoked)
-
-
-class FakeLedger:
-    """Records every call; `unavailable` makes the next N settle/void calls raise 503."""
-
-    def __init__(self) -> None:
-        self.holds: list[HoldRequest] = []
-        self.settled: list[tuple[str, str, Settlement]] = []
-        self.voided: list[tuple[str, str]] = []
-        self.checkpoints: list[tuple[str, str, int]] = []
-        self.unavailable = 0
-        self.remaining: int | None = 123_456
-        self.reserve_error: ProxyError | None = None
-        self.settle_delay = 0.0
-
-    async def reserve(self, request: HoldRequest) -> Hold:
-        if self.reserve_error is not None:
-            raise self.reserve_error
-        self.holds.append(request)
-        return Hold(request.org_id, request.request_id, request.amount)
-
-    def _maybe_fail(self) -> None:
-        if self.unavailable > 0:
-            self.unavailable -= 1
-            raise ProxyError.ledger_unavailable()
-
-    async def settle(self, org_id: str, request_id: str, settlement: Settlement) -> SettleResult:
-        if self.settle_delay:
-            await asyncio.sleep(self.settle_delay)
-        self._maybe_fail()
-        self.settled.append((org_id, request_id, settlement))
-        return SettleResult("posted", settlement.charge, self.remaining)
-
-    async def void(self, org_id: str, request_id: str) -> None:
-        self._maybe_fail()
-        self.voided.append((org_id, request_id))
-
-    async def checkpoint(self, org_id: str, request_id: str, completion_tokens: int) -> None:
-        self.checkpoints.append((org_id, request_id, completion_tokens))
 
 
 def member(org_id: str = "org_a", *, user_id: str = "usr_1", tier: str = "starter", **kw: Any) -> Membership:

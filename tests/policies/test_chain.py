@@ -19,7 +19,8 @@ from proxy.directory.crypto import KeyBox
 from proxy.gateway.tokens import TokenCounter
 from proxy.ledger.types import Settlement
 from proxy.ops.metrics import Metrics
-from tests.policies.policy_support import FakeDirectory, FakeLedger
+from tests.fakes import FakeLedger
+from tests.policies.policy_support import FakeDirectory
 
 
 class NoKeys:

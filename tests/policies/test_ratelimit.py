@@ -31,7 +31,8 @@ from proxy.errors import ProxyError
 from proxy.gateway.context import RequestContext, Usage
 from proxy.gateway.tokens import TokenCounter
 from proxy.ops.metrics import Metrics
-from tests.policies.policy_support import FakeDirectory, FakeLedger, member
+from tests.fakes import FakeLedger
+from tests.policies.policy_support import FakeDirectory, member
 
 POLICY = """
 credits_per_usd: 1000

@@ -16,10 +16,10 @@ from proxy.errors import ProxyError
 from proxy.gateway.context import RequestContext, Usage
 from proxy.gateway.tokens import TokenCounter
 from proxy.ledger.types import Settlement
+from tests.fakes import FakeLedger
 from tests.policies.policy_support import (
     MESSAGES,
     PRICES,
-    FakeLedger,
     Records,
     admitted,
     answered,
