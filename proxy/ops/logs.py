@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from proxy.errors import ProxyError
 from proxy.ops.metrics import Metrics
 
 _HANDLER_NAME = "creditgate-json"
@@ -146,6 +147,11 @@ class AccessLog:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:  # a bug: still the contract's JSON, with the request id, and the traceback logged
+            self.log.exception("unhandled error", extra={"request_id": info.request_id})
+            if info.status:  # the answer had begun: the server closes the connection
+                raise
+            await _internal_error(send_with_id)
         finally:
             route = scope.get("route")
             label = info.route or (getattr(route, "path", None) if route is not None else None) or "unmatched"
@@ -153,3 +159,10 @@ class AccessLog:
             self.metrics.request(label, info.status or 500, seconds)
             if self.log.isEnabledFor(logging.INFO):
                 _write_access(info, scope["method"], label, seconds)
+
+
+async def _internal_error(send: Send) -> None:
+    body = ProxyError(500, "server_error", "internal_error", "The gateway failed to process the request.").to_bytes()
+    await send({"type": "http.response.start", "status": 500, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
