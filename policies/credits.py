@@ -54,7 +54,6 @@ class ReserveCredits:
         self.ledger = ledger
         self.books = Books(ledger, policy.credits_per_usd, record=record, on_overage=on_overage,
                            retry_seconds=retry_seconds)
-        self.tariff, self.retry = self.books.tariff, self.books.retry
         self._policy = policy
         self._catalogue = catalogue
         self._counter = counter
@@ -72,14 +71,15 @@ class ReserveCredits:
         if not model.priced() and not ctx.byok:
             raise ProxyError.permission("model_not_priced", f"The model '{model.name}' has no price configured.")
         factor = tariffs.factor(tier.markup, ctx.multiplier)
-        if not ctx.byok and self._balances is not None and large_prompt(ctx.body):
+        tariff = self.books.tariff(model.highest, factor)
+        large = large_prompt(ctx.body)
+        if large and not ctx.byok and self._balances is not None:
             # tokenizing megabytes costs CPU every tenant shares: first make sure the hold could fit at all
-            await self._affordable(member.org_id, member.user_id, self.tariff(model.highest, factor).charge(
-                *_bound_units(ctx)))
-        ctx.prompt_tokens = await self._counter.prompt_tokens_async(ctx.route, ctx.body)
+            await self._affordable(member.org_id, member.user_id, tariff.charge(*_bound_units(ctx)))
+        ctx.prompt_tokens = await self._counter.prompt_tokens_async(ctx.route, ctx.body, large=large)
         if ctx.meter.chunks == 0:  # count streamed output with the same tokenizer as the prompt
             ctx.meter = OutputMeter(self._counter.count)
-        amount = 0 if ctx.byok else self.tariff(model.highest, factor).charge(*_bound_units(ctx))
+        amount = 0 if ctx.byok else tariff.charge(*_bound_units(ctx))
         rates, listed = self._rates(model, Decimal(0) if ctx.byok else factor)
         request = HoldRequest(
             org_id=member.org_id,

@@ -8,9 +8,10 @@ from __future__ import annotations
 import itertools
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 from cryptography.fernet import Fernet
 
@@ -18,7 +19,9 @@ from devstack import services
 from proxy.config.catalogue import Catalogue, load_catalogue
 from proxy.config.policy import PolicyConfig, load_policy
 from proxy.config.settings import Secret
+from proxy.db.migrate import migrate
 from proxy.directory.crypto import KeyBox
+from proxy.directory.pg import PgDirectory
 from proxy.gateway.tokens import TokenCounter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +45,22 @@ def pg() -> Iterator[services.Service]:
 def fresh_db(pg: services.Service) -> str:
     """A new empty database on the session's PostgreSQL; returns its DSN."""
     return services.create_database(pg.url, f"t{next(_db_counter)}")
+
+
+@pytest.fixture
+async def pool(fresh_db: str) -> AsyncIterator[asyncpg.Pool]:
+    """An asyncpg pool on a fresh, migrated database (tests/caller has its own, from a seeded template)."""
+    await migrate(fresh_db)
+    pool = await asyncpg.create_pool(fresh_db, min_size=1, max_size=4)
+    assert pool is not None
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+def directory(pool: asyncpg.Pool) -> PgDirectory:
+    """The PostgreSQL directory on `pool` (tests/policies has an in-memory one of the same name)."""
+    return PgDirectory(pool)
 
 
 @pytest.fixture(scope="session")

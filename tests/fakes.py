@@ -12,9 +12,10 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from proxy.db.pool import Row
+from proxy.directory.types import ApiKey
 from proxy.errors import ProxyError
 from proxy.ledger.types import Hold, HoldRequest, Settlement, SettleResult
 
@@ -177,3 +178,18 @@ class FakeLedger:
     async def provider_usage(self, org_id: str, user_id: str | None, provider: str) -> Row:
         self.calls.append(("provider_usage", (org_id, user_id, provider)))
         return _copy(self.provider_usage_row)
+
+
+class KeyReader(Protocol):
+    async def api_key(self, key_hash: str) -> ApiKey | None: ...
+
+
+@dataclass
+class DirectoryKeys:
+    """Authenticate's key lookup straight from a directory, fake or PostgreSQL (the app puts its KeyCache
+    there, which has its own tests)."""
+
+    directory: KeyReader
+
+    async def get(self, key_hash: str) -> ApiKey | None:
+        return await self.directory.api_key(key_hash)

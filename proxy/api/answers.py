@@ -73,37 +73,32 @@ class Org(Answer):
     created_at: datetime
 
 
-class Member(Answer):
-    """A membership: role, allocation, default org, power level, suspension."""
+class MemberFields(Answer):
+    """What a membership says of a member: role, allocation, default org, power level, suspension."""
+
+    user_id: str
+    role: Role
+    allocation_millicredits: Millicredits | None
+    allocation_period: Period
+    default: bool
+    power_level: PowerLevel | None
+    suspended: bool
+    suspended_by: SuspendedBy | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class Member(MemberFields):
+    """A membership as PUT /admin/orgs/{org}/members/{user} answers it."""
 
     org_id: str
-    user_id: str
-    role: Role
-    allocation_millicredits: Millicredits | None
-    allocation_period: Period
-    default: bool
-    power_level: PowerLevel | None
-    suspended: bool
-    suspended_by: SuspendedBy | None
-    created_at: datetime
-    updated_at: datetime
 
 
-class OrgMember(Answer):
+class OrgMember(MemberFields):
     """A member as GET /admin/orgs/{org} lists them, with the user's email and name."""
 
-    user_id: str
     email: str
     name: str
-    role: Role
-    allocation_millicredits: Millicredits | None
-    allocation_period: Period
-    default: bool
-    power_level: PowerLevel | None
-    suspended: bool
-    suspended_by: SuspendedBy | None
-    created_at: datetime
-    updated_at: datetime
 
 
 class OrgDetail(Org):

@@ -8,7 +8,7 @@ mistake. Every number that may be fractional is a `Decimal` built from its YAML 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -197,6 +197,23 @@ _LEVEL = ("multiplier", "max_tokens", "models")
 _TIER = ("markup", "models", "rpm", "tpm")
 
 
+def _section(raw: Mapping[str, Any], key: str, what: str, known: Collection[str],
+             problems: list[str]) -> Iterator[tuple[str, Mapping[str, Any], str]]:
+    """(name, settings, "key.name.") of each entry of the mapping `key`; one problem for a missing or
+    empty section, one per entry that is not a mapping, one per unknown setting."""
+    section = raw.get(key)
+    if not isinstance(section, Mapping) or not section:
+        problems.append(f"{key} must be a non-empty mapping of {what} name to settings")
+        return
+    for name, spec in section.items():
+        if not isinstance(spec, Mapping):
+            problems.append(f"{key}.{name} must be a mapping")
+            continue
+        where = f"{key}.{name}."
+        unknown_keys(spec, known, where, problems)
+        yield str(name), spec, where
+
+
 def _build(raw: Mapping[str, Any], problems: list[str]) -> PolicyConfig | None:
     unknown_keys(raw, _TOP, "", problems)
     credits_per_usd = _number(raw, "credits_per_usd", "", problems, minimum=Decimal("0.000001"))
@@ -207,36 +224,18 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> PolicyConfig | None:
     timing = {"sweep_interval_seconds": raw.get("sweep_interval_seconds", 1)}  # optional, default 1 s
     sweep = _number(timing, "sweep_interval_seconds", "", problems, minimum=Decimal("0.01"))
     levels: list[PowerLevel] = []
-    raw_levels = raw.get("power_levels")
-    if not isinstance(raw_levels, Mapping) or not raw_levels:
-        problems.append("power_levels must be a non-empty mapping of level name to settings")
-        raw_levels = {}
-    for name, spec in raw_levels.items():
-        where = f"power_levels.{name}."
-        if not isinstance(spec, Mapping):
-            problems.append(f"power_levels.{name} must be a mapping")
-            continue
-        unknown_keys(spec, _LEVEL, where, problems)
+    for name, spec, where in _section(raw, "power_levels", "level", _LEVEL, problems):
         multiplier = _number(spec, "multiplier", where, problems, minimum=Decimal(0))
         cap = spec.get("max_tokens")
         if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
             problems.append(f"{where}max_tokens must be a positive integer, got {cap!r}")
             cap = 1
-        levels.append(PowerLevel(str(name), multiplier, cap, _names(spec, where, problems)))
+        levels.append(PowerLevel(name, multiplier, cap, _names(spec, where, problems)))
     tiers: list[Tier] = []
-    raw_tiers = raw.get("tiers")
-    if not isinstance(raw_tiers, Mapping) or not raw_tiers:
-        problems.append("tiers must be a non-empty mapping of tier name to settings")
-        raw_tiers = {}
-    for name, spec in raw_tiers.items():
-        where = f"tiers.{name}."
-        if not isinstance(spec, Mapping):
-            problems.append(f"tiers.{name} must be a mapping")
-            continue
-        unknown_keys(spec, _TIER, where, problems)
+    for name, spec, where in _section(raw, "tiers", "tier", _TIER, problems):
         markup = _number(spec, "markup", where, problems, minimum=Decimal(0))
         rpm, tpm = (_optional_count(spec, key, where, problems) for key in ("rpm", "tpm"))
-        tiers.append(Tier(str(name), markup, _names(spec, where, problems), rpm, tpm))
+        tiers.append(Tier(name, markup, _names(spec, where, problems), rpm, tpm))
     default = raw.get("default_power_level")
     if not any(lv.name == default for lv in levels):
         problems.append(f"default_power_level must name one of power_levels, got {default!r}")

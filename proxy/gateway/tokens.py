@@ -70,10 +70,11 @@ class TokenCounter:
         extras = [body[k] for k in _PROMPT_EXTRAS if k in body]
         return total + (self.count(_json(extras)) if extras else 0)
 
-    async def prompt_tokens_async(self, route: str, body: dict[str, Any]) -> int:
-        """`prompt_tokens`, in a worker thread when the prompt is large: a 16 MiB body takes seconds
-        to tokenize, which must not stall every other request on the event loop."""
-        if not large_prompt(body):
+    async def prompt_tokens_async(self, route: str, body: dict[str, Any], *, large: bool | None = None) -> int:
+        """`prompt_tokens`, in a worker thread when the prompt is large (`large`: `large_prompt(body)`, when
+        the caller knows it): a 16 MiB body takes seconds to tokenize, which must not stall every other
+        request on the event loop."""
+        if not (large_prompt(body) if large is None else large):
             return self.prompt_tokens(route, body)
         return await asyncio.to_thread(self.prompt_tokens, route, body)
 

@@ -28,21 +28,6 @@ from tests.fakes import FakeLedger
 
 from .world import World, open_world, seed
 
-
-@pytest.fixture
-async def pool(fresh_db: str) -> AsyncIterator[asyncpg.Pool]:
-    await migrate(fresh_db)
-    pool = await asyncpg.create_pool(fresh_db, min_size=1, max_size=4)
-    assert pool is not None
-    yield pool
-    await pool.close()
-
-
-@pytest.fixture
-def directory(pool: asyncpg.Pool) -> PgDirectory:
-    return PgDirectory(pool)
-
-
 TOKEN = "operator-token-" + "x" * 24
 OPERATOR = {"authorization": f"Bearer {TOKEN}"}
 TIERS = ("free", "starter", "professional", "enterprise")

@@ -33,9 +33,9 @@ from proxy.config.settings import Secret, Settings
 from proxy.db.migrate import migrate
 from proxy.directory.crypto import KeyBox, last4
 from proxy.directory.pg import PgDirectory
-from proxy.directory.types import ApiKey
 from proxy.ledger.pg import PgLedger
 from proxy.ledger.types import HoldRequest, Settlement
+from tests.fakes import DirectoryKeys
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "operator-token-" + "w" * 24
@@ -122,16 +122,6 @@ async def seed(dsn: str) -> None:
             await ledger.settle(org, rid, spent(700))
     finally:
         await ledger.close()
-
-
-@dataclass
-class DirectoryKeys:
-    """Authenticate's key lookup straight from the directory (the app puts its KeyCache here)."""
-
-    directory: PgDirectory
-
-    async def get(self, key_hash: str) -> ApiKey | None:
-        return await self.directory.api_key(key_hash)
 
 
 @dataclass

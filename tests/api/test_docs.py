@@ -12,6 +12,7 @@ from starlette.applications import Starlette
 from swagger_ui_bundle import swagger_ui_path
 
 from proxy.api.docs import docs_routes
+from proxy.api.openapi import openapi_routes
 
 TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".png": "image/png"}
 
@@ -65,3 +66,17 @@ async def test_the_assets_are_the_packages_own_files_and_nothing_else_is_served(
         for other in ("/docs/index.html", "/docs/swagger-initializer.js", "/docs/../docs.py", "/docs/LICENSE"):
             assert (await http.get(other)).status_code == 404, other
     assert Path(swagger_ui_path).name.startswith("swagger-ui-5.")  # 5.x reads OpenAPI 3.1; 4.x refuses it
+
+
+async def test_the_description_is_public_and_the_same_for_every_caller() -> None:
+    """/openapi.json and /docs describe the interface, not anyone's data: every caller of the isolation
+    matrix (nobody, a stranger, a member's key, the operator's token) gets the same bytes, and no query
+    string or header changes them."""
+    app = Starlette(routes=openapi_routes(tiers=("free", "starter"), power_levels=("eco",)))
+    callers = [{}, {"authorization": "Bearer sk-cg-stranger"}, {"authorization": "Bearer sk-cg-member"},
+               {"authorization": "Bearer operator-token"}, {"x-org-id": "org_a", "openai-organization": "org_b"}]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw.test") as http:
+        for path in ("/openapi.json", "/docs", "/docs/start.js"):
+            answers = [await http.get(path, headers=headers, params={"org": "org_a\x00"}) for headers in callers]
+            assert {a.status_code for a in answers} == {200}
+            assert len({a.content for a in answers}) == 1, path

@@ -19,22 +19,12 @@ from proxy.config.catalogue import Catalogue
 from proxy.config.policy import PolicyConfig
 from proxy.directory.crypto import KeyBox
 from proxy.directory.pg import PgDirectory
-from proxy.directory.types import ApiKey
 from proxy.errors import ProxyError
 from proxy.ledger.pg import PgLedger
+from tests.fakes import DirectoryKeys
 
 from .conftest import answer, error, render
 from .fakes import FakeProbe
-
-
-@dataclass
-class DirectoryKeys:
-    """Authenticate's KeyLookup straight from the directory (the app puts its KeyCache here)."""
-
-    directory: PgDirectory
-
-    async def get(self, key_hash: str) -> ApiKey | None:
-        return await self.directory.api_key(key_hash)
 
 
 @dataclass

@@ -56,16 +56,6 @@ class FakeDirectory:
 KEY = "sk-cg-" + "k" * 43
 
 
-class DirectoryKeys:
-    """The KeyLookup protocol straight over the fake directory (the cache has its own tests)."""
-
-    def __init__(self, directory: FakeDirectory) -> None:
-        self.directory = directory
-
-    async def get(self, hashed: str) -> ApiKey | None:
-        return await self.directory.api_key(hashed)
-
-
 def with_key(directory: FakeDirectory, *, bound: str | None = None, revoked: bool = False) -> None:
     directory.keys[hash_key(KEY)] = ApiKey("key_1", "usr_1", bound, revoked)
 
@@ -92,8 +82,6 @@ def make_ctx(body: dict[str, Any] | None = None, *, route: str = "chat/completio
         headers={k.replace("_", "-").lower(): v for k, v in headers.items()},
         body=dict(body or {}),
     )
-
-
 
 
 # (input, output) USD per token, as written in litellm_config.yaml

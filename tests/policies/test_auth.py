@@ -9,7 +9,8 @@ from proxy.config.settings import Secret
 from proxy.directory.types import ApiKey
 from proxy.errors import ProxyError
 from proxy.gateway.context import RequestContext
-from tests.policies.policy_support import KEY, DirectoryKeys, FakeDirectory, make_ctx, with_key
+from tests.fakes import DirectoryKeys
+from tests.policies.policy_support import KEY, FakeDirectory, make_ctx, with_key
 
 
 async def auth_error(directory: FakeDirectory, ctx: RequestContext) -> ProxyError:

@@ -9,7 +9,8 @@ from policies.org import ResolveOrg
 from proxy.directory.types import ApiKey
 from proxy.errors import ProxyError
 from proxy.gateway.context import RequestContext
-from tests.policies.policy_support import DirectoryKeys, FakeDirectory, make_ctx, member
+from tests.fakes import DirectoryKeys
+from tests.policies.policy_support import FakeDirectory, make_ctx, member
 
 
 async def auth_error(directory: FakeDirectory, ctx: RequestContext) -> ProxyError:
