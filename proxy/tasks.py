@@ -31,3 +31,17 @@ class Background:
         """Wait for every task running now to end (their failures are theirs to log)."""
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
+    """Wait for `event` at most `timeout` seconds (None: no limit); True when it was set.
+
+    `asyncio.timeout`, never `asyncio.wait_for`: on Python 3.11 a `wait_for` whose task is cancelled in the same
+    tick as the event fires swallows the cancellation, so a loop built on it never stops and its `close()` hangs.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 
-from proxy.tasks import Background
+from proxy.tasks import Background, wait_event
 
 
 async def test_spawned_work_runs_to_the_end_even_unreferenced_and_is_drained() -> None:
@@ -33,3 +33,29 @@ async def test_a_failing_task_does_not_stop_the_drain() -> None:
     task = background.spawn(fails(), name="failing")
     await background.drain()
     assert task.get_name() == "failing" and isinstance(task.exception(), RuntimeError)
+
+
+async def test_wait_event_says_whether_the_event_fired() -> None:
+    event = asyncio.Event()
+    assert await wait_event(event, 0.01) is False
+    asyncio.get_running_loop().call_later(0.01, event.set)
+    assert await wait_event(event, 5) is True
+
+
+async def test_a_loop_on_wait_event_stops_when_cancelled_as_its_event_fires() -> None:
+    """The Python 3.11 trap `wait_event` exists for: cancel() in the same tick as set(). A loop on
+    `asyncio.wait_for` loses the cancellation here and never ends; this one ends every time."""
+    for _ in range(50):
+        event = asyncio.Event()
+
+        async def loop(event: asyncio.Event) -> None:
+            while True:
+                await wait_event(event, 10)
+                event.clear()
+
+        task = asyncio.get_running_loop().create_task(loop(event))
+        await asyncio.sleep(0)
+        event.set()
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=2)
+        assert task in done and task.cancelled()
