@@ -20,6 +20,16 @@ Controls, read from the JSON body (LiteLLM forwards unknown params to the provid
 `invalid_api_key` error (a rejected BYOK key). Streams honour `stream_options.include_usage` like
 OpenAI (a last `choices: []` chunk carrying usage).
 
+Faults of a real provider (tests/e2e/test_upstream_faults.py), besides `fake_status` (an error answer)
+and `fake_fail_after` (a dropped connection):
+- `fake_stall_ms`: wait this long before answering at all, headers included (a slow provider);
+- `fake_hang_after`: a stream stops sending after k chunks and keeps the connection open until the
+  client leaves (a provider that hangs mid-answer);
+- `fake_end_after`: a stream ends cleanly after k chunks, without a finish reason, usage or `[DONE]`
+  (a provider that closes early);
+- `fake_error_after`: a stream sends an OpenAI error event after k chunks and ends (a provider that
+  fails mid-answer).
+
 Introspection: `GET /_requests` lists every request (path, headers, JSON body); `GET /_streams` maps
 each `fake_tag` to {chunks_sent, closed_early, finished}; `POST /_reset` clears both; `GET /_health`.
 """
@@ -37,8 +47,10 @@ from aiohttp import web
 CREATED = 1700000000
 MODELS = ("fake-small", "fake-medium", "fake-large", "gpt-4o-mini", "byok-gpt", "byok-only", "dall-e-3")
 # the body fields that steer it (module doc); the demo policy.yaml forwards them (forward_params)
+FAULTS = frozenset({"fake_stall_ms", "fake_hang_after", "fake_end_after", "fake_error_after"})
 CONTROLS = frozenset({"fake_chunks", "fake_delay_ms", "fake_fail_after", "fake_no_usage", "fake_status", "fake_error",
-                      "fake_tag"})
+                      "fake_tag", *FAULTS})
+HANG_LIMIT = 600.0  # seconds a hanging stream waits for its client to leave
 
 
 def words(value: Any) -> int:
@@ -140,6 +152,7 @@ class FakeProvider:
         body, early = await self._admit(request)
         if early is not None:
             return early
+        await asyncio.sleep(float(body.get("fake_stall_ms", 0)) / 1000)
         chat = request.path.endswith("/chat/completions")
         texts, finish = chunk_texts(body)
         n = int(body.get("n") or 1)
@@ -195,6 +208,8 @@ class FakeProvider:
                     assert request.transport is not None
                     request.transport.abort()  # a provider that dies mid-answer: no terminating chunk
                     return resp
+                if await self._fault(request, resp, body, k, fate):
+                    return resp
                 await resp.write(event([piece(i, text, None) for i in range(n)]))
                 fate["chunks_sent"] += 1
             await resp.write(event([piece(i, "", finish) for i in range(n)]))
@@ -208,6 +223,31 @@ class FakeProvider:
             fate["closed_early"] = True
             raise
         return resp
+
+    async def _fault(self, request: web.Request, resp: web.StreamResponse, body: dict[str, Any], sent: int,
+                     fate: dict[str, Any]) -> bool:
+        """Apply a mid-stream fault due after `sent` chunks (module doc); True when the stream is over."""
+        if sent == body.get("fake_hang_after"):
+            fate["hung"] = True
+            deadline = asyncio.get_running_loop().time() + HANG_LIMIT
+            while request.transport is not None and not request.transport.is_closing():
+                if asyncio.get_running_loop().time() > deadline:
+                    break
+                await asyncio.sleep(0.05)
+            fate["closed_early"] = True
+            return True
+        if sent == body.get("fake_end_after"):
+            await resp.write_eof()  # a clean end, but no finish reason, no usage, no [DONE]
+            fate["closed_early"] = True
+            return True
+        if sent == body.get("fake_error_after"):
+            error = {"message": "The provider failed mid-answer.", "type": "server_error", "param": None,
+                     "code": "fake_midstream_error"}
+            await resp.write(b"data: " + orjson.dumps({"error": error}) + b"\n\n")
+            await resp.write_eof()
+            fate["closed_early"] = True
+            return True
+        return False
 
     async def embeddings(self, request: web.Request) -> web.Response:
         body, early = await self._admit(request)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -28,10 +27,12 @@ ROOT = Path(__file__).resolve().parent.parent
 _db_counter = itertools.count(1)
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    """Every test session logs into its own folder, so log scans (tests/e2e/test_zz_secrets.py) read only
-    what this session's processes wrote."""
-    os.environ["CREDITGATE_LOG_DIR"] = tempfile.mkdtemp(prefix="creditgate-test-")
+@pytest.fixture(scope="session", autouse=True)
+def _session_run_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every test session keeps its logs and scratch folders (devstack.services.run_dir) in its own folder
+    under pytest's temporary directory, which pytest prunes: log scans (tests/e2e/test_zz_secrets.py) read
+    only what this session's processes wrote, and nothing is left loose in the system's temporary directory."""
+    os.environ["CREDITGATE_RUN_DIR"] = str(tmp_path_factory.mktemp("run"))
 
 
 @pytest.fixture(scope="session")
@@ -80,9 +81,7 @@ def fake_provider() -> Iterator[services.Service]:
 @pytest.fixture(scope="session")
 def litellm(fake_provider: services.Service) -> Iterator[services.Service]:
     """A real LiteLLM 1.106.2 proxy in front of the fake provider, with the shipped config."""
-    config = services.render_litellm_config(
-        fake_provider.url, Path(tempfile.mkdtemp(prefix="creditgate-litellm-")) / "litellm_config.yaml"
-    )
+    config = services.render_litellm_config(fake_provider.url, services.scratch("litellm-") / "litellm_config.yaml")
     svc = services.start_litellm(config)
     yield svc
     svc.stop()
