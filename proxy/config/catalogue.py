@@ -1,43 +1,51 @@
-"""Models, deployments and prices from the LiteLLM config (the charge formula is proxy/ledger/tariffs.py).
+"""Models, deployments and prices: the LiteLLM config, completed by LiteLLM's own model info.
 
-`load_catalogue(path)` reads `model_list`: per model name its deployments (`model_info.id`, the
-provider = prefix of `litellm_params.model`, prices in USD from `litellm_params` else `model_info`,
-`model_info.byok`, `max_output_tokens`, `mode`). A name is held at the highest price among its
-deployments and settled at the price of the deployment that answered (an unknown one: the highest).
+`parse_entries` reads `model_list` as the operator wrote it: per deployment the model name, the
+provider (`custom_llm_provider`, else the prefix of `litellm_params.model`), prices in USD from
+`litellm_params` else `model_info`, `model_info.byok`, `max_output_tokens`, `mode` and `id`.
+`build_catalogue(entries, info)` completes what the config does not say from `GET /model/info`
+(proxy/config/modelinfo.py): the config's own values first, field by field, each price recording where
+it came from (`config` | `litellm_model_info`). Wildcard deployments (`model_name: "anthropic/*"`) serve
+the models LiteLLM expands them to, each priced on its own; a name that only matches a wildcard (not
+expanded) is served by the pattern's deployments with the config's prices alone, as LiteLLM's router
+would route it. A name is held at the highest price among its deployments and settled at the price of
+the deployment that answered (an unknown one: the highest). A model neither the config nor LiteLLM can
+price stays unpriced (403 `model_not_priced`).
 
-Prices are exact Decimals from their YAML text, never binary floats (CONTRACT.md, Money).
+Prices are exact Decimals from their YAML or JSON text, never binary floats (CONTRACT.md, Money).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
-from proxy.config.policy import PolicyConfig, as_decimal, load_yaml, read_config, unknown_keys
+from proxy.config.modelinfo import (
+    PRICE_FIELDS,
+    InfoRow,
+    by_specificity,
+    client_name,
+    first_match,
+    is_wildcard,
+    pattern_regex,
+)
+from proxy.config.modellist import Entry, parse_entries
+from proxy.config.modellist import Price as Price  # the catalogue's price type, re-exported
+from proxy.config.policy import PolicyConfig, read_config
 from proxy.config.settings import ConfigError
 
-BYOK_MODES = ("none", "optional", "required")
-# the top-level sections of a LiteLLM 1.106.2 proxy config (litellm/proxy/proxy_server.py reads these): an
-# operator's own config works as it is, while a misspelt `model_lst` is an error, not an empty catalogue
-LITELLM_SECTIONS = ("model_list", "litellm_settings", "general_settings", "router_settings", "environment_variables",
-                    "callback_settings", "guardrails", "mcp_servers", "mcp_tools", "include", "credential_list",
-                    "vector_store_registry", "files_settings", "finetune_settings", "assistant_settings",
-                    "search_tools", "prompts", "policies", "policy_attachments", "agent_list", "agents",
-                    "pass_through_endpoints", "classifier_plugin", "plugins", "sandbox_tools", "worker_registry")
-_ENTRY = ("model_name", "litellm_params", "model_info")
-_PRICE_FIELDS = ("input_cost_per_token", "output_cost_per_token", "output_cost_per_image")
-
-
-@dataclass(frozen=True, slots=True)
-class Price:
-    """USD per token (input, output) and per image; None = not priced."""
-
-    input: Decimal | None = None
-    output: Decimal | None = None
-    image: Decimal | None = None
+CONFIG, MODEL_INFO = "config", "litellm_model_info"  # where a price came from
+# which LiteLLM `mode`s serve each billed route; a model without a mode serves every route its prices bound
+ROUTE_MODES: dict[str, tuple[str, ...]] = {
+    "chat/completions": ("chat", "completion", "responses"),
+    "completions": ("chat", "completion"),
+    "embeddings": ("embedding",),
+    "images/generations": ("image_generation",),
+}
+_PATTERN_CACHE = 1024  # names matched to a wildcard route, remembered (bounded: clients choose names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +56,15 @@ class Deployment:
     price: Price
     byok: str  # "none" | "optional" | "required"
     max_output_tokens: int | None
-    mode: str  # "chat" | "completion" | "embedding" | "image_generation" | ...
+    mode: str | None  # "chat" | "completion" | "embedding" | "image_generation" | ...; None = not said
+    sources: tuple[tuple[str, str], ...] = ()  # (price field, CONFIG | MODEL_INFO) for each known price
+    max_input_tokens: int | None = None
+    capabilities: frozenset[str] = frozenset()  # LiteLLM's true `supports_*` flags ("vision", ...)
 
 
 @dataclass(frozen=True, slots=True)
 class Model:
-    """One LiteLLM model name and the deployments that serve it."""
+    """One model name and the deployments that serve it."""
 
     name: str
     deployments: tuple[Deployment, ...]
@@ -71,7 +82,7 @@ class Model:
         object.__setattr__(self, "highest", highest)  # computed once: it is read on every request
 
     @property
-    def mode(self) -> str:
+    def mode(self) -> str | None:
         return self.deployments[0].mode
 
     @property
@@ -106,103 +117,186 @@ class Model:
     def deployment(self, deployment_id: str | None) -> Deployment | None:
         return next((d for d in self.deployments if d.id == deployment_id), None)
 
-    def priced(self) -> bool:
-        """True when a charge for this model's mode can be bounded from every deployment's price."""
+    def priced_for(self, route: str) -> bool:
+        """True when a charge on `route` can be bounded from every deployment's price."""
         price = self.highest
-        if self.mode == "embedding":
+        if route == "embeddings":
             return price.input is not None
-        if self.mode == "image_generation":
+        if route == "images/generations":
             return price.image is not None
         return price.input is not None and price.output is not None
+
+    def serves(self, route: str) -> bool:
+        """Its mode serves `route`; without a mode (as in LiteLLM, optional), every route it can price. A
+        model priced for no route at all is a chat model (LiteLLM's default), refused as not priced unless
+        the member brings their own key."""
+        mode = self.mode
+        if mode is None:
+            if any(self.priced_for(r) for r in ROUTE_MODES):
+                return self.priced_for(route)
+            mode = "chat"
+        return mode in ROUTE_MODES.get(route, ())
+
+    def priced(self) -> bool:
+        """True when some route it serves can be charged (its mode's, or any without a mode)."""
+        return any(self.serves(route) and self.priced_for(route) for route in ROUTE_MODES)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pattern:
+    """A wildcard model name and the deployments LiteLLM routes matching names to."""
+
+    regex: str
+    entries: tuple[tuple[Entry, str | None], ...]  # with LiteLLM's id of the deployment, when model info listed it
 
 
 @dataclass(frozen=True, slots=True)
 class Catalogue:
+    """`models` are the exact names and the wildcard expansions; `get` also routes other names through the
+    wildcard patterns. `complete` is False while model info is still needed (a wildcard, or a deployment
+    the config does not price) and has not been read yet; `missing` names the deployments that needed it
+    and that the model info read did not list (LiteLLM serving another config, or still reloading)."""
+
     models: Mapping[str, Model]
+    patterns: tuple[_Pattern, ...] = ()
+    complete: bool = True
+    with_model_info: bool = False
+    missing: tuple[str, ...] = ()
+    _matched: dict[str, Model | None] = field(default_factory=dict, compare=False, repr=False)
+
+    def providers(self) -> set[str]:
+        """Every provider a deployment names (the wildcard routes' included)."""
+        found = {d.provider for m in self.models.values() for d in m.deployments}
+        return found | {e.provider for p in self.patterns for e, _ in p.entries}
 
     def get(self, name: str) -> Model | None:
-        return self.models.get(name)
+        model = self.models.get(name)
+        if model is not None or not self.patterns:
+            return model
+        if name not in self._matched:
+            if len(self._matched) >= _PATTERN_CACHE:
+                self._matched.clear()
+            self._matched[name] = self._route(name)
+        return self._matched[name]
+
+    def _route(self, name: str) -> Model | None:
+        regex = first_match([p.regex for p in self.patterns], name)
+        pattern = next((p for p in self.patterns if p.regex == regex), None)
+        if pattern is None:
+            return None
+        return Model(name, tuple(_merge(entry, name, None, ident) for entry, ident in pattern.entries))
 
 
-def load_catalogue(path: Path) -> Catalogue:
-    """Read the LiteLLM config's `model_list`; `ConfigError` names the file and each mistake."""
-    return parse_catalogue(read_config(path, "CREDITGATE_LITELLM_CONFIG"), source=str(path))
+def load_catalogue(path: Path, info: Sequence[InfoRow] | None = None) -> Catalogue:
+    """Read the LiteLLM config's `model_list` (completed by `info`); `ConfigError` names each mistake."""
+    return parse_catalogue(read_config(path, "CREDITGATE_LITELLM_CONFIG"), source=str(path), info=info)
 
 
-def parse_catalogue(text: str, *, source: str = "LiteLLM config") -> Catalogue:
-    raw = load_yaml(text, source)
-    problems: list[str] = []
-    if isinstance(raw, Mapping):
-        unknown_keys(raw, LITELLM_SECTIONS, "", problems)
-    entries = raw.get("model_list") if isinstance(raw, Mapping) else None
-    if not isinstance(entries, list) or not entries:
-        problems.append("model_list must be a non-empty list")
-        raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
+def parse_catalogue(text: str, *, source: str = "LiteLLM config", info: Sequence[InfoRow] | None = None) -> Catalogue:
+    return build_catalogue(parse_entries(text, source=source), info)
+
+
+def build_catalogue(entries: Sequence[Entry], info: Sequence[InfoRow] | None = None) -> Catalogue:
+    """The catalogue of `entries`, each completed by its model info rows when `info` is given."""
+    rows = _rows_by_entry(entries, info or ())
     grouped: dict[str, list[Deployment]] = {}
-    for index, entry in enumerate(entries):
-        deployment = _deployment(entry, f"model_list[{index}]", problems)
-        if deployment is not None:
-            grouped.setdefault(deployment.model_name, []).append(deployment)
-    ids = [d.id for ds in grouped.values() for d in ds]
-    for dup in sorted({i for i in ids if ids.count(i) > 1}):
-        problems.append(f"model_info.id {dup!r} is used by more than one deployment")
-    if problems:
-        raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
-    return Catalogue({name: Model(name, tuple(ds)) for name, ds in grouped.items()})
+    for entry in entries:
+        if not entry.wildcard:
+            grouped.setdefault(entry.model_name, []).append(_merge(entry, entry.model_name, _first(rows[entry.index])))
+    regexes = by_specificity(pattern_regex(e.model_name) for e in entries if e.wildcard)
+    patterns = tuple(
+        _Pattern(r, tuple((e, _ident(rows[e.index])) for e in entries
+                          if e.wildcard and pattern_regex(e.model_name) == r))
+        for r in regexes)
+    expanded: dict[str, dict[int, InfoRow]] = {}
+    for entry in (e for e in entries if e.wildcard):
+        for row in rows[entry.index]:
+            name = None if is_wildcard(row.target) else client_name(entry.model_name, entry.target, row)
+            if name is not None and name not in grouped:
+                expanded.setdefault(name, {}).setdefault(entry.index, row)
+    models = {name: Model(name, tuple(ds)) for name, ds in grouped.items()}
+    for name, found in expanded.items():
+        winner = next((p for p in patterns if p.regex == first_match(regexes, name)), None)
+        if winner is not None:  # the deployments LiteLLM routes this name to, each with its own row
+            models[name] = Model(name, tuple(_merge(e, name, found.get(e.index), ident) for e, ident in winner.entries))
+    needing = [e for e in entries if _needs_model_info(e)]
+    missing = tuple(e.model_name for e in needing if info is not None and not rows[e.index])
+    return Catalogue(models, patterns, complete=info is not None or not needing, with_model_info=info is not None,
+                     missing=missing)
 
 
-def _deployment(entry: Any, where: str, problems: list[str]) -> Deployment | None:
-    if not isinstance(entry, Mapping):
-        problems.append(f"{where} must be a mapping")
-        return None
-    unknown_keys(entry, _ENTRY, f"{where}: ", problems)
-    name = entry.get("model_name")
-    params = entry.get("litellm_params") or {}
-    info = entry.get("model_info") or {}
-    if not isinstance(name, str) or not name or not isinstance(params, Mapping) or not isinstance(info, Mapping):
-        problems.append(f"{where} needs model_name, litellm_params and (optional) model_info mappings")
-        return None
-    target = params.get("model")
-    if not isinstance(target, str) or not target:
-        problems.append(f"{where} ({name}): litellm_params.model is required")
-        return None
-    prices: dict[str, Decimal | None] = {}
-    for key in _PRICE_FIELDS:
-        raw = params.get(key, info.get(key))
-        value = None if raw is None else as_decimal(raw)
-        if raw is not None and (value is None or value < 0):
-            problems.append(f"{where} ({name}): {key} must be a non-negative number, got {raw!r}")
-        prices[key] = value
-    byok = str(info.get("byok", "none"))
-    if byok not in BYOK_MODES:
-        problems.append(f"{where} ({name}): model_info.byok must be one of {', '.join(BYOK_MODES)}, got {byok!r}")
-    cap = info.get("max_output_tokens", params.get("max_output_tokens"))
-    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
-        problems.append(f"{where} ({name}): max_output_tokens must be a positive integer, got {cap!r}")
-        cap = None
+def _first(rows: Sequence[InfoRow]) -> InfoRow | None:
+    return rows[0] if rows else None
+
+
+def _ident(rows: Sequence[InfoRow]) -> str | None:
+    return rows[0].id if rows else None
+
+
+def _rows_by_entry(entries: Sequence[Entry], info: Sequence[InfoRow]) -> dict[int, tuple[InfoRow, ...]]:
+    """Each entry's rows of model info: by its `model_info.id` when the config names one; else the first
+    deployment not yet claimed whose rows fit the entry (same name and target; for a wildcard, targets its
+    target pattern matches), in config order as LiteLLM lists them."""
+    by_id: dict[str, list[InfoRow]] = {}
+    for row in info:
+        by_id.setdefault(row.id, []).append(row)
+    named = {e.id for e in entries if e.id is not None}
+    claimed: set[str] = set()
+    found: dict[int, tuple[InfoRow, ...]] = {}
+    for entry in entries:
+        if entry.id is not None:
+            candidates = [entry.id] if entry.id in by_id else []
+        else:
+            candidates = [i for i, rs in by_id.items() if i not in claimed and i not in named and _fits(entry, rs)]
+        found[entry.index] = tuple(by_id[candidates[0]]) if candidates else ()
+        claimed.update(candidates[:1])
+    return found
+
+
+def _fits(entry: Entry, rows: Sequence[InfoRow]) -> bool:
+    if not entry.wildcard:
+        return len(rows) == 1 and (rows[0].model_name, rows[0].target) == (entry.model_name, entry.target)
+    target = pattern_regex(entry.target) if is_wildcard(entry.target) else re.escape(entry.target)
+    name = pattern_regex(entry.model_name)
+    return all(re.fullmatch(target, r.target) or re.fullmatch(name, r.model_name) or r.target == entry.target
+               for r in rows)
+
+
+def _merge(entry: Entry, name: str, row: InfoRow | None, ident: str | None = None) -> Deployment:
+    """The entry's deployment serving `name`: the config's values first, then the row's. Its id is the
+    config's, else LiteLLM's (`ident`: a wildcard's rows share their deployment's), else a local name."""
+    ours = (entry.price.input, entry.price.output, entry.price.image)
+    theirs = row.prices if row is not None else (None, None, None)
+    prices, sources = [], []
+    for key, own, known in zip(PRICE_FIELDS, ours, theirs, strict=True):
+        prices.append(own if own is not None else known)
+        if own is not None or known is not None:
+            sources.append((key, CONFIG if own is not None else MODEL_INFO))
     return Deployment(
-        id=str(info.get("id") or f"{name}#{where}"),
+        id=entry.id or (row.id if row is not None else ident) or f"{entry.model_name}#model_list[{entry.index}]",
         model_name=name,
-        provider=_provider(params, target),
-        price=Price(prices["input_cost_per_token"], prices["output_cost_per_token"], prices["output_cost_per_image"]),
-        byok=byok,
-        max_output_tokens=cap,
-        mode=str(info.get("mode", "chat")),
+        provider=entry.provider,
+        price=Price(prices[0], prices[1], prices[2]),
+        byok=entry.byok,
+        max_output_tokens=entry.max_output_tokens or (row.max_output_tokens if row is not None else None),
+        mode=entry.mode or (row.mode if row is not None else None),
+        sources=tuple(sources),
+        max_input_tokens=row.max_input_tokens if row is not None else None,
+        capabilities=row.capabilities if row is not None else frozenset(),
     )
 
 
-def _provider(params: Mapping[str, Any], target: str) -> str:
-    """`custom_llm_provider` when given, else the prefix of `litellm_params.model` (LiteLLM's own
-    rule); a bare model name is an OpenAI one."""
-    explicit = params.get("custom_llm_provider")
-    if isinstance(explicit, str) and explicit:
-        return explicit
-    return target.split("/", 1)[0] if "/" in target else "openai"
+def _needs_model_info(entry: Entry) -> bool:
+    """A wildcard (what it serves is LiteLLM's to say), or a deployment whose own prices bound no route."""
+    if entry.wildcard:
+        return True
+    return not Model(entry.model_name, (_merge(entry, entry.model_name, None),)).priced()
 
 
 def check_policy(policy: PolicyConfig, catalogue: Catalogue, *, source: str = "CREDITGATE_POLICY_CONFIG") -> None:
-    """Start-up check: every model the policy file names is in the LiteLLM config (a typo would
-    otherwise only show as 404s). `ConfigError`, one line per mistake."""
+    """Start-up (and reload) check: every model the policy file names is served by the LiteLLM config, by
+    name or through a wildcard route (a typo would otherwise only show as 404s). `ConfigError`, one line
+    per mistake."""
     problems = [
         f"{source}: model {name!r} is not in the LiteLLM config's model_list"
         for name in sorted(policy.models())

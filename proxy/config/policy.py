@@ -95,6 +95,8 @@ class Tier:
     models: tuple[str, ...]  # names, or "*" for every model
     rpm: int | None = None  # requests per minute per member (org, user); None = unlimited
     tpm: int | None = None  # tokens per minute per member; None = unlimited
+    org_rpm: int | None = None  # requests per minute of the whole org (all its members); None = unlimited
+    org_tpm: int | None = None  # tokens per minute of the whole org; None = unlimited
 
     def allows(self, model: str) -> bool:
         return "*" in self.models or model in self.models
@@ -172,13 +174,19 @@ def _number(raw: Mapping[str, Any], key: str, where: str, problems: list[str], *
     return value
 
 
+RATE_LIMIT_MAX = 100_000_000
+"""The largest rpm / tpm: policies/ratelimit.py's Lua keeps its buckets in integers below 2**53, exact."""
+
+
 def _optional_count(raw: Mapping[str, Any], key: str, where: str, problems: list[str]) -> int | None:
-    """An optional positive integer (a rate limit); absent or null means unlimited."""
+    """An optional positive integer (a rate limit) of at most RATE_LIMIT_MAX; absent or null means
+    unlimited."""
     value = raw.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        problems.append(f"{where}{key} must be a positive integer (omit it for no limit), got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= RATE_LIMIT_MAX:
+        problems.append(f"{where}{key} must be a positive integer of at most {RATE_LIMIT_MAX} (omit it for no "
+                        f"limit), got {value!r}")
         return None
     return value
 
@@ -194,7 +202,7 @@ def _names(raw: Mapping[str, Any], where: str, problems: list[str]) -> tuple[str
 _TOP = ("credits_per_usd", "hold_ttl_seconds", "sweep_interval_seconds", "default_power_level", "power_levels",
         "tiers", "forward_params")
 _LEVEL = ("multiplier", "max_tokens", "models")
-_TIER = ("markup", "models", "rpm", "tpm")
+_TIER = ("markup", "models", "rpm", "tpm", "org_rpm", "org_tpm")
 
 
 def _section(raw: Mapping[str, Any], key: str, what: str, known: Collection[str],
@@ -234,8 +242,9 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> PolicyConfig | None:
     tiers: list[Tier] = []
     for name, spec, where in _section(raw, "tiers", "tier", _TIER, problems):
         markup = _number(spec, "markup", where, problems, minimum=Decimal(0))
-        rpm, tpm = (_optional_count(spec, key, where, problems) for key in ("rpm", "tpm"))
-        tiers.append(Tier(name, markup, _names(spec, where, problems), rpm, tpm))
+        rpm, tpm, org_rpm, org_tpm = (_optional_count(spec, key, where, problems)
+                                      for key in ("rpm", "tpm", "org_rpm", "org_tpm"))
+        tiers.append(Tier(name, markup, _names(spec, where, problems), rpm, tpm, org_rpm, org_tpm))
     default = raw.get("default_power_level")
     if not any(lv.name == default for lv in levels):
         problems.append(f"default_power_level must name one of power_levels, got {default!r}")

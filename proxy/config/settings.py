@@ -17,6 +17,11 @@ class ConfigError(Exception):
     """Bad or missing configuration; `str()` is one line per problem."""
 
 
+class StartupError(Exception):
+    """A dependency the gateway cannot serve without is unreachable at start-up; `str()` is one line that
+    names the variable to check and never a secret (proxy/db/pool.py, `creditgate serve`)."""
+
+
 class Secret:
     """A string that never shows itself in repr/str; call `reveal()` where it is really needed."""
 
@@ -60,7 +65,14 @@ class Settings:
     upstream_timeout_seconds: float = 600.0
     upstream_connect_timeout_seconds: float = 10.0
     nonstream_drain_seconds: float = 120.0
+    drain_seconds: float = 25.0  # SIGTERM: requests in flight are cut this long after it (proxy/ops/drain.py)
+    unready_grace_seconds: float = 5.0  # SIGTERM: new requests are still served this long, while not ready
     log_level: str = "INFO"
+    spool_dir: Path = Path("creditgate-spool")  # settlements an unreachable ledger could not take (ledger/spool.py)
+    startup_wait_seconds: float = 30.0  # how long `serve` waits for PostgreSQL before giving up
+    otlp_endpoint: str | None = None  # OTLP/HTTP collector base URL; traces are exported only when set
+    config_poll_seconds: float = 0.0  # re-read both config files when they change, checked this often (0: SIGHUP only)
+    ratelimit_timeout_seconds: float = 0.1  # a slow or absent Redis delays a request this long, then it passes
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -133,11 +145,48 @@ class Settings:
                 "CREDITGATE_UPSTREAM_CONNECT_TIMEOUT_SECONDS", 10.0, integer=False, minimum=0.1
             ),
             nonstream_drain_seconds=number("CREDITGATE_NONSTREAM_DRAIN_SECONDS", 120.0, integer=False, minimum=0),
+            drain_seconds=number("CREDITGATE_DRAIN_SECONDS", 25.0, integer=False, minimum=0),
+            unready_grace_seconds=number("CREDITGATE_UNREADY_GRACE_SECONDS", 5.0, integer=False, minimum=0),
             log_level=(env.get("CREDITGATE_LOG_LEVEL", "").strip() or "INFO").upper(),
+            spool_dir=_spool_dir(env.get("CREDITGATE_SPOOL_DIR", "").strip(), problems),
+            startup_wait_seconds=number("CREDITGATE_STARTUP_WAIT_SECONDS", 30.0, integer=False, minimum=0),
+            otlp_endpoint=_otlp_endpoint(env.get("CREDITGATE_OTLP_ENDPOINT", "").strip(), problems),
+            config_poll_seconds=number("CREDITGATE_CONFIG_POLL_SECONDS", 0.0, integer=False, minimum=0),
+            ratelimit_timeout_seconds=number("CREDITGATE_RATELIMIT_TIMEOUT_SECONDS", 0.1, integer=False, minimum=0.001),
         )
+        if settings.unready_grace_seconds > settings.drain_seconds:
+            problems.append("CREDITGATE_UNREADY_GRACE_SECONDS must not exceed CREDITGATE_DRAIN_SECONDS")
         if problems:
             raise ConfigError("\n".join(problems))
         return settings
+
+
+def _otlp_endpoint(value: str, problems: list[str]) -> str | None:
+    """The collector's base URL (spans go to `{value}/v1/traces`), or None when tracing export is off."""
+    if not value:
+        return None
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port outside 0-65535 or not a number
+    except ValueError:
+        parts = urlsplit("")
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        problems.append("CREDITGATE_OTLP_ENDPOINT must be an http or https URL without a query, e.g. "
+                        "http://127.0.0.1:4318")
+        return None
+    if parts.username or parts.password:
+        problems.append("CREDITGATE_OTLP_ENDPOINT must not carry credentials")
+        return None
+    return value.rstrip("/")
+
+
+def _spool_dir(value: str, problems: list[str]) -> Path:
+    """The settlement spool's directory (created at start-up if missing); default `creditgate-spool` in the
+    working directory."""
+    path = Path(value or "creditgate-spool")
+    if path.exists() and not path.is_dir():
+        problems.append(f"CREDITGATE_SPOOL_DIR points to {value!r}, which is not a directory")
+    return path
 
 
 def _fernet_keys_valid(keys: tuple[Secret, ...]) -> bool:

@@ -53,6 +53,66 @@ def test_every_mistake_is_one_line_naming_its_variable() -> None:
     assert "sk-upstream" not in str(raised.value)
 
 
+def test_the_otlp_endpoint_is_an_http_url_and_optional() -> None:
+    assert Settings.from_env(GOOD).otlp_endpoint is None
+    assert Settings.from_env({**GOOD, "CREDITGATE_OTLP_ENDPOINT": " http://collector:4318/ "}).otlp_endpoint == (
+        "http://collector:4318")
+    assert Settings.from_env({**GOOD, "CREDITGATE_OTLP_ENDPOINT": "https://otel.example/base"}).otlp_endpoint == (
+        "https://otel.example/base")
+    for bad, line in (("collector:4318", "must be an http or https URL"), ("grpc://collector:4317", "must be an "),
+                      ("http://collector:99999", "must be an "), ("http://c:4318/?token=x", "must be an "),
+                      ("http://user:pw@collector:4318", "must not carry credentials")):
+        with pytest.raises(ConfigError) as raised:
+            Settings.from_env({**GOOD, "CREDITGATE_OTLP_ENDPOINT": bad})
+        assert str(raised.value).startswith(f"CREDITGATE_OTLP_ENDPOINT {line}"), bad
+        assert "pw@" not in str(raised.value) and "token=x" not in str(raised.value)
+
+
+def test_serve_waits_for_postgres_a_bounded_time() -> None:
+    assert Settings.from_env(GOOD).startup_wait_seconds == 30.0
+    assert Settings.from_env({**GOOD, "CREDITGATE_STARTUP_WAIT_SECONDS": "0"}).startup_wait_seconds == 0.0
+    with pytest.raises(ConfigError, match="^CREDITGATE_STARTUP_WAIT_SECONDS must be at least 0, got '-1'$"):
+        Settings.from_env({**GOOD, "CREDITGATE_STARTUP_WAIT_SECONDS": "-1"})
+
+
+def test_config_files_are_polled_only_when_asked() -> None:
+    assert Settings.from_env(GOOD).config_poll_seconds == 0.0  # SIGHUP only
+    assert Settings.from_env({**GOOD, "CREDITGATE_CONFIG_POLL_SECONDS": "5"}).config_poll_seconds == 5.0
+    with pytest.raises(ConfigError, match="^CREDITGATE_CONFIG_POLL_SECONDS must be a number, got 'often'$"):
+        Settings.from_env({**GOOD, "CREDITGATE_CONFIG_POLL_SECONDS": "often"})
+
+
+def test_the_drain_on_sigterm_is_configured_in_seconds() -> None:
+    settings = Settings.from_env(GOOD)
+    assert (settings.drain_seconds, settings.unready_grace_seconds) == (25.0, 5.0)  # below Kubernetes' 30 s
+    tuned = Settings.from_env({**GOOD, "CREDITGATE_DRAIN_SECONDS": "10", "CREDITGATE_UNREADY_GRACE_SECONDS": "0"})
+    assert (tuned.drain_seconds, tuned.unready_grace_seconds) == (10.0, 0.0)
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({**GOOD, "CREDITGATE_DRAIN_SECONDS": "3", "CREDITGATE_UNREADY_GRACE_SECONDS": "5"})
+    assert str(raised.value) == "CREDITGATE_UNREADY_GRACE_SECONDS must not exceed CREDITGATE_DRAIN_SECONDS"
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({**GOOD, "CREDITGATE_DRAIN_SECONDS": "-1", "CREDITGATE_UNREADY_GRACE_SECONDS": "soon"})
+    assert str(raised.value).splitlines() == ["CREDITGATE_DRAIN_SECONDS must be at least 0, got '-1'",
+                                              "CREDITGATE_UNREADY_GRACE_SECONDS must be a number, got 'soon'"]
+
+
+def test_the_rate_limit_timeout_is_configured_in_seconds() -> None:
+    assert Settings.from_env(GOOD).ratelimit_timeout_seconds == 0.1  # a slow Redis costs a request 100 ms
+    assert Settings.from_env({**GOOD, "CREDITGATE_RATELIMIT_TIMEOUT_SECONDS": "0.25"}).ratelimit_timeout_seconds == 0.25
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({**GOOD, "CREDITGATE_RATELIMIT_TIMEOUT_SECONDS": "0"})
+    assert str(raised.value) == "CREDITGATE_RATELIMIT_TIMEOUT_SECONDS must be at least 0.001, got '0'"
+
+
+def test_the_spool_directory_defaults_to_the_working_directory(tmp_path: Path) -> None:
+    assert Settings.from_env(GOOD).spool_dir == Path("creditgate-spool")
+    assert Settings.from_env({**GOOD, "CREDITGATE_SPOOL_DIR": f" {tmp_path}/spool "}).spool_dir == tmp_path / "spool"
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({**GOOD, "CREDITGATE_SPOOL_DIR": str(tmp_path / "file")})
+    assert str(raised.value) == f"CREDITGATE_SPOOL_DIR points to '{tmp_path}/file', which is not a directory"
+
+
 def test_metric_model_labels_are_bounded() -> None:
     models = configured_models(ROOT / "litellm_config.yaml")
     assert {"fake-small", "fake-multi", "byok-only", "unpriced-model"} <= models
