@@ -23,12 +23,13 @@ class InjectProviderKey:
 
     def __init__(self, directory: Directory, catalogue: Catalogue, keybox: KeyBox) -> None:
         self._directory = directory
-        self._catalogue = catalogue
+        self._catalogue = catalogue  # for a request no PinConfig pinned (it reads only the catalogue)
         self._keybox = keybox
 
     async def __call__(self, ctx: RequestContext) -> None:
         member = ctx.require_membership()
-        model = self._catalogue.get(ctx.model or "")
+        catalogue = ctx.config.catalogue if ctx.config is not None else self._catalogue
+        model = catalogue.get(ctx.model or "")
         if model is None:
             raise RuntimeError("RewriteModel must run before InjectProviderKey")
         if model.byok_allowed:

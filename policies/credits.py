@@ -19,22 +19,30 @@ from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
+from policies.config import pinned
 from policies.model import OUTPUT_CAPS
 from policies.settlement import IMAGES, Books, Record, Settle, requested
-from proxy.config.catalogue import Catalogue, Model
+from proxy.config.catalogue import Catalogue, Model, Price
+from proxy.config.live import Snapshot
 from proxy.config.policy import PolicyConfig
 from proxy.errors import ProxyError
 from proxy.gateway.context import OutputMeter, RequestContext
 from proxy.gateway.tokens import TokenCounter, bound, large_prompt, prompt_count
 from proxy.ledger import tariffs
+from proxy.ledger.spool import Spool
 from proxy.ledger.types import Hold, HoldRequest, Ledger
 from proxy.tasks import Background
 
 log = logging.getLogger("creditgate.credits")
+_RATES_KEPT = 4096  # rate pairs remembered (prices x tiers x levels, per configuration a reload swapped in)
 
 Balances = Callable[[str, str], Awaitable[Mapping[str, Any]]]
 """`(org_id, user_id) -> the GET /v1/credits body` (PgLedger.credits): read before tokenizing a large
 prompt, so an org that cannot pay is refused before the expensive work."""
+
+LimitTokens = Callable[[RequestContext, int], Awaitable[None]]
+"""`(ctx, tokens)`: reserve the request's token bound (prompt bound + output cap) against the rate limits
+(RateLimit.reserve_tokens), or raise 429; called once the bound is known, before any money is held."""
 
 
 class ReserveCredits:
@@ -48,30 +56,34 @@ class ReserveCredits:
         record: Record | None = None,
         on_overage: Callable[[str, int], None] | None = None,
         balances: Balances | None = None,
+        limit_tokens: LimitTokens | None = None,
         retry_seconds: float = 15.0,
         checkpoint_seconds: float | None = None,
+        spool: Spool | None = None,
     ) -> None:
         self.ledger = ledger
         self.books = Books(ledger, policy.credits_per_usd, record=record, on_overage=on_overage,
-                           retry_seconds=retry_seconds)
-        self._policy = policy
-        self._catalogue = catalogue
+                           retry_seconds=retry_seconds, spool=spool)
+        self._config = Snapshot.of(policy, catalogue)  # for a request no PinConfig pinned
         self._counter = counter
         self._balances = balances
+        self._limit_tokens = limit_tokens
         self._checkpoint_seconds = checkpoint_seconds or policy.hold_ttl_seconds / 3
         self._background = Background()
-        self._rate_cache: dict[tuple[str, Decimal], tuple[tariffs.Rates, tariffs.Rates]] = {}
+        self._rate_cache: dict[tuple[Price, Decimal, Decimal], tuple[tariffs.Rates, tariffs.Rates]] = {}
 
     async def __call__(self, ctx: RequestContext) -> None:
         key, member = ctx.require_key(), ctx.require_membership()
-        model = self._catalogue.get(ctx.model or "")
-        tier = self._policy.tier(member.org_tier)
+        config = pinned(ctx, self._config)  # held here, settled by Settle at these same prices
+        cpu = config.policy.credits_per_usd
+        model = config.catalogue.get(ctx.model or "")
+        tier = config.policy.tier(member.org_tier)
         if model is None or tier is None:
             raise RuntimeError("RewriteModel must run before ReserveCredits")
-        if not model.priced() and not ctx.byok:
+        if not model.priced_for(ctx.route) and not ctx.byok:
             raise ProxyError.permission("model_not_priced", f"The model '{model.name}' has no price configured.")
         factor = tariffs.factor(tier.markup, ctx.multiplier)
-        tariff = self.books.tariff(model.highest, factor)
+        tariff = self.books.tariff(model.highest, factor, cpu)
         large = large_prompt(ctx.body)
         if large and not ctx.byok and self._balances is not None:
             # tokenizing megabytes costs CPU every tenant shares: first make sure the hold could fit at all
@@ -79,8 +91,11 @@ class ReserveCredits:
         ctx.prompt_tokens = await self._counter.prompt_tokens_async(ctx.route, ctx.body, large=large)
         if ctx.meter.chunks == 0:  # count streamed output with the same tokenizer as the prompt
             ctx.meter = OutputMeter(self._counter.count)
-        amount = 0 if ctx.byok else tariff.charge(*_bound_units(ctx))
-        rates, listed = self._rates(model, Decimal(0) if ctx.byok else factor)
+        units = _bound_units(ctx)
+        if self._limit_tokens is not None:
+            await self._limit_tokens(ctx, units[0] + units[1])  # refused here, nothing is held
+        amount = 0 if ctx.byok else tariff.charge(*units)
+        rates, listed = self._rates(model, Decimal(0) if ctx.byok else factor, cpu)
         request = HoldRequest(
             org_id=member.org_id,
             user_id=member.user_id,
@@ -94,6 +109,7 @@ class ReserveCredits:
             output_rate=rates.output,
             list_input_rate=listed.input,
             list_output_rate=listed.output,
+            price_version=config.version,
         )
         ctx.hold = await self.ledger.reserve(request)  # a cancelled reserve leaves no hold (Ledger)
         ctx.response_headers["X-Credits-Held"] = str(ctx.hold.amount)
@@ -124,12 +140,13 @@ class ReserveCredits:
                 "user_allocation_exhausted", f"Your allocation in this organization cannot cover this request (at "
                 f"least {floor} millicredits would be held).")
 
-    def _rates(self, model: Model, factor: Decimal) -> tuple[tariffs.Rates, tariffs.Rates]:
-        """(charged, list) millicredit rates at the model's highest price; few distinct keys (models x
-        tiers x levels), so they are computed once each."""
-        key = (model.name, factor)
+    def _rates(self, model: Model, factor: Decimal, cpu: Decimal) -> tuple[tariffs.Rates, tariffs.Rates]:
+        """(charged, list) millicredit rates at the model's highest price; few distinct keys (prices x
+        tiers x levels, per configuration), so they are computed once each."""
+        key = (model.highest, factor, cpu)
         if key not in self._rate_cache:
-            cpu = self._policy.credits_per_usd
+            if len(self._rate_cache) >= _RATES_KEPT:  # reloads add prices: keep the cache bounded
+                self._rate_cache.clear()
             self._rate_cache[key] = (
                 tariffs.millicredit_rates(model.highest, cpu, factor),
                 tariffs.millicredit_rates(model.highest, cpu),

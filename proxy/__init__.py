@@ -9,7 +9,7 @@ work):
 - `directory/`  orgs, users, memberships, API keys, BYOK keys: stores, caches, crypto, ids
 - `ledger/`     the money: holds, settlements, group commit, tariffs, queries, sweeper, verify
 - `gateway/`    the billed hot path: body, allowlist, upstream hop, stream tap, disconnects, token counts
-- `ops/`        health, metrics, logs
+- `ops/`        health and readiness, metrics, logs, tracing
 - `api/`        the JSON layer the caller and admin APIs share, and the OpenAPI document
 - `caller/`     the caller's own routes (credits, usage, requests, models, BYOK)
 - `admin/`      the operator's and org admins' routes

@@ -39,7 +39,10 @@ from proxy.caller.common import identify_with
 from proxy.caller.probe import litellm_probe
 from proxy.caller.routes import caller_routes
 from proxy.config.catalogue import Catalogue, check_policy, load_catalogue
+from proxy.config.live import LiveConfig, Snapshot
+from proxy.config.modelinfo import InfoRow, ModelInfoError
 from proxy.config.policy import PolicyConfig, load_policy
+from proxy.config.reload import Reloader
 from proxy.config.settings import Settings
 from proxy.db.pool import Database
 from proxy.directory.crypto import KeyBox
@@ -54,15 +57,20 @@ from proxy.gateway.passthrough import Passthrough
 from proxy.gateway.tokens import TokenCounter
 from proxy.gateway.upstream import Upstream
 from proxy.ledger.pg import PgLedger
+from proxy.ledger.replay import Replayer
+from proxy.ledger.spool import Spool, ledger_id
 from proxy.ledger.sweeper import Sweeper
-from proxy.ops.health import Readiness, ReadyCheck, healthz, metrics_endpoint
-from proxy.ops.logs import AccessLog, configure_logging
+from proxy.ops.drain import Drain
+from proxy.ops.health import NotReady, Readiness, ReadyCheck, Schema, SchemaGate, healthz, metrics_endpoint
+from proxy.ops.logs import AccessLog, configure_logging, log_started, request_info
 from proxy.ops.metrics import Metrics, configured_models
+from proxy.ops.tracing import OtlpExporter, Tracer
+from proxy.tasks import cancel
 
 log = logging.getLogger("creditgate.app")
 PREFIXES = ("/v1", "/api/v1/llm")
 BILLED_ROUTES = ("chat/completions", "completions", "embeddings", "images/generations")
-RATE_LIMIT_TIMEOUT = 0.1  # seconds: a slow or absent Redis delays a request this long at most
+LOW_CREDIT_SECONDS = 15.0  # the low-credit gauges read every pool and membership: not every sweep interval
 
 
 class Part(Protocol):
@@ -99,21 +107,33 @@ def create_app(
     problem). Tests of the gateway core pass their own chain (and `parts`, opened after the upstream)."""
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level)
-    metrics = Metrics(configured_models(settings.litellm_config))
+    models = configured_models(settings.litellm_config)
+    metrics = Metrics(models)
     upstream = Upstream(settings)
+    # W3C trace context always; spans exported only to a configured collector (opened first, closed last)
+    exporter = OtlpExporter(settings.otlp_endpoint, on_drop=metrics.spans_dropped) if settings.otlp_endpoint else None
+    tracer = Tracer(exporter)
+    gates: list[Middleware] = []
+    levels: tuple[str, ...] = ()
     if policies is None:
         product = _billing(settings, upstream, metrics)
         policies, routes = product.chain, (*routes, *product.routes)
         ready_checks, parts = (*ready_checks, *product.checks), (*parts, *product.parts)
+        gates, levels = [Middleware(SchemaGate, schema=product.schema)], product.power_levels
     chain = tuple(policies)
-    passthroughs = [Passthrough(route, upstream, settings, metrics, chain) for route in BILLED_ROUTES]
+    # SIGTERM: not ready, serve on through the grace, then refuse, finish or cut, settle, exit 0
+    drain = Drain(grace=settings.unready_grace_seconds, deadline=settings.drain_seconds)
+    passthroughs = [Passthrough(route, upstream, settings, metrics, chain, drain) for route in BILLED_ROUTES]
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            for part in (upstream, *parts):
+            # the drain opens last (it takes over the signals once everything serves) and closes first; the
+            # server stops only once it has drained, so every settlement is done before a part closes
+            for part in (*((exporter,) if exporter else ()), upstream, *parts, drain):
                 await part.open()
                 stack.push_async_callback(part.close)
+            log_started(settings, models=len(models), power_levels=levels, tracing=exporter is not None)
             yield
 
     table: list[BaseRoute] = list(routes)
@@ -126,19 +146,21 @@ def create_app(
                   Route(f"{prefix}/models/{{model_id:path}}", _models(upstream), methods=["GET"])]
     table += [
         Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", Readiness((upstream.litellm, *ready_checks)).endpoint, methods=["GET"]),
+        Route("/readyz", Readiness((upstream.litellm, *ready_checks, drain.draining)).endpoint, methods=["GET"]),
         Route("/metrics", metrics_endpoint(metrics), methods=["GET"]),
     ]
     app = Starlette(
         routes=table,
         lifespan=lifespan,
-        middleware=[Middleware(AccessLog, metrics=metrics), Middleware(_BilledFastPath, routes=fast)],
+        middleware=[Middleware(AccessLog, metrics=metrics, tracer=tracer), *gates,
+                    Middleware(_BilledFastPath, routes=fast)],
         exception_handlers={HTTPException: _route_not_found, ProxyError: _proxy_error},
     )
     app.router.redirect_slashes = False  # a trailing slash is 404, never a redirect built from the client's Host
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.upstream = upstream
+    app.state.drain = drain
     return app
 
 
@@ -148,12 +170,15 @@ class _Billing:
     routes: list[BaseRoute]
     checks: tuple[ReadyCheck, ...]
     parts: tuple[Part, ...]
+    schema: Schema
+    power_levels: tuple[str, ...]
 
 
-def load_config(settings: Settings) -> tuple[PolicyConfig, Catalogue]:
-    """The policy file and the model list, checked against each other; `ConfigError` lists every mistake."""
+def load_config(settings: Settings, info: Sequence[InfoRow] | None = None) -> tuple[PolicyConfig, Catalogue]:
+    """The policy file and the model list (completed by LiteLLM's model `info` when read), checked against
+    each other: at start-up and at every reload. `ConfigError` lists every mistake."""
     policy = load_policy(settings.policy_config)
-    catalogue = load_catalogue(settings.litellm_config)
+    catalogue = load_catalogue(settings.litellm_config, info)
     check_policy(policy, catalogue)
     check_forward_params(policy)
     return policy, catalogue
@@ -164,22 +189,26 @@ def _billing(settings: Settings, upstream: Upstream, metrics: Metrics) -> _Billi
     policy, catalogue = load_config(settings)
     database = Database(settings.database_url.reveal(), max_size=16)
     ledger = PgLedger(database, hold_ttl_seconds=float(policy.hold_ttl_seconds))
+    live, reloader, catalogue_check = _live_config(settings, upstream, ledger, metrics, Snapshot.of(policy, catalogue))
     directory = PgDirectory(database)
     keys = KeyCache(directory, settings.redis_url)
     keybox = KeyBox(settings.byok_keys)
     counter = TokenCounter()
     # the rate limits' client (short timeouts, no retries); also the readiness ping
-    limits = rate_limit_redis(settings.redis_url.reveal(), timeout=RATE_LIMIT_TIMEOUT)
+    limits = rate_limit_redis(settings.redis_url.reveal(), timeout=settings.ratelimit_timeout_seconds)
     sweeper = Sweeper(ledger, float(policy.sweep_interval_seconds), on_expired=metrics.hold_expired)
+    # settlements the ledger cannot take during an outage wait on local disk; the replayer posts them after
+    spool = Spool(settings.spool_dir, ledger_id(settings.database_url.reveal()), on_depth=metrics.set_spool_depth)
+    replayer = Replayer(spool, ledger, on_replayed=metrics.replayed)
     # the chain reads memberships through a one-second cache; reserve re-checks them authoritatively
     chain = default_policies(keys=keys, directory=CachedMemberships(directory), ledger=ledger, policy=policy,
                              catalogue=catalogue, keybox=keybox, counter=counter, record=metrics.settled,
                              on_overage=metrics.overage, balances=ledger.credits, redis=limits,
-                             unenforced=metrics.ratelimit_skipped)
+                             unenforced=metrics.ratelimit_skipped, spool=spool, live=live)
     tiers, levels = [t.name for t in policy.tiers], [lv.name for lv in policy.power_levels]
     routes = [
         *caller_routes(identify=identify_with((Authenticate(keys), ResolveOrg(directory))), ledger=ledger,
-                       directory=directory, catalogue=catalogue, policy=policy, keybox=keybox,
+                       directory=directory, config=live, keybox=keybox,
                        probe=litellm_probe(lambda: upstream.session, settings.upstream_url, settings.upstream_key),
                        created=int(time.time())),
         *admin_routes(directory, ledger, admin_token=settings.admin_token, lookup_key=keys.get,
@@ -198,17 +227,72 @@ def _billing(settings: Settings, upstream: Upstream, metrics: Metrics) -> _Billi
     async def warm() -> None:
         await asyncio.to_thread(counter.warm)  # load the encoding now, not on the first request
 
-    gauge = _Gauge(ledger, metrics, float(policy.sweep_interval_seconds))
+    async def redis_ping() -> None:
+        await limits.ping()
+
+    gauge = _Gauge(ledger, metrics, float(policy.sweep_interval_seconds),
+                   {"redis": redis_ping, "litellm": upstream.litellm})
+    schema = Schema(database)  # /readyz and the gate: an older schema is 503 until `creditgate migrate`
     parts: tuple[Part, ...] = (
         database,
+        schema,
         Step(_nothing, ledger.close),  # opened with the database; flushes its queue before the pool closes
+        reloader,  # stores the price table, reads LiteLLM's model info (retried), reloads on SIGHUP
+        spool,  # closed after the last request's settlement: what it holds is on disk for the next process
+        replayer,  # closed first: one last bounded replay while the ledger is still open
         Step(keys.start, keys.stop),
         Step(warm, _nothing),
         Step(_nothing, limits.aclose),
         Step(_start(sweeper), sweeper.stop),
         gauge,
     )
-    return _Billing(chain, routes, (database.postgres, redis), parts)
+    return _Billing(chain, routes, (database.postgres, schema.schema, redis, catalogue_check), parts, schema,
+                    tuple(levels))
+
+
+def _live_config(settings: Settings, upstream: Upstream, ledger: PgLedger, metrics: Metrics,
+                 first: Snapshot) -> tuple[LiveConfig, Reloader, ReadyCheck]:
+    """The swappable configuration, what reloads it (proxy/config/reload.py) and its /readyz check. A
+    reload reads the files as start-up does; what only a restart applies (the hold TTL and the sweep
+    interval the ledger and the sweeper were started with) is said when a reload changes it."""
+    live = LiveConfig(first)
+
+    def load(info: Sequence[InfoRow] | None) -> Snapshot:
+        policy, catalogue = load_config(settings, info)
+        if (policy.hold_ttl_seconds, policy.sweep_interval_seconds) != (
+                first.policy.hold_ttl_seconds, first.policy.sweep_interval_seconds):
+            log.warning("hold_ttl_seconds and sweep_interval_seconds changes take effect at the next restart")
+        return Snapshot.of(policy, catalogue)
+
+    async def fetch() -> bytes:
+        status, _, body = await upstream.get("/model/info", timeout=10.0)
+        if status != 200:
+            raise ModelInfoError(f"LiteLLM answered /model/info with {status}")
+        return body
+
+    async def register(snapshot: Snapshot) -> None:
+        await ledger.record_price_version(snapshot.version, snapshot.prices)
+
+    def serving(outcome: str, snapshot: Snapshot | None) -> None:
+        metrics.config_reloaded(outcome)
+        if snapshot is not None:
+            metrics.config_serving(snapshot.version, snapshot.catalogue.complete, snapshot.catalogue.models)
+
+    async def catalogue() -> str | None:
+        """Not ready while models wait for LiteLLM's model info (they would be refused as not priced); a
+        probe also asks for it at once, so the replica is ready soon after LiteLLM is."""
+        current = live.current.catalogue
+        if not current.complete or current.missing:
+            reloader.nudge()
+        if not current.complete:
+            raise NotReady("LiteLLM's model info is not read yet: models without prices in the config are refused")
+        return "incomplete" if current.missing else None
+
+    metrics.config_serving(first.version, first.catalogue.complete, first.catalogue.models)
+    reloader = Reloader(live, load, fetch=fetch, register=register, on_reload=serving,
+                        watch=(settings.litellm_config, settings.policy_config),
+                        poll_seconds=settings.config_poll_seconds)
+    return live, reloader, catalogue
 
 
 def _start(sweeper: Sweeper) -> Callable[[], Awaitable[None]]:
@@ -219,10 +303,14 @@ def _start(sweeper: Sweeper) -> Callable[[], Awaitable[None]]:
 
 
 class _Gauge:
-    """Keeps the holds-open gauge current (one indexed count per sweep interval)."""
+    """Keeps the periodic gauges current, once per sweep interval: holds open and overdue (one count on the
+    pending holds' index, which is also the PostgreSQL check), whether Redis and LiteLLM answer
+    (`creditgate_dependency_up`), and every LOW_CREDIT_SECONDS the pools and allocations running low."""
 
-    def __init__(self, ledger: PgLedger, metrics: Metrics, interval: float) -> None:
+    def __init__(self, ledger: PgLedger, metrics: Metrics, interval: float,
+                 checks: Mapping[str, Callable[[], Awaitable[None]]]) -> None:
         self._ledger, self._metrics, self._interval = ledger, metrics, max(interval, 1.0)
+        self._checks = {"postgres": self._holds, **checks}
         self._task: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
@@ -230,17 +318,31 @@ class _Gauge:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await cancel(task)
 
     async def _run(self) -> None:
+        low_credit_due = 0.0
         while True:
             try:
-                self._metrics.set_holds_open(await self._ledger.open_holds())
+                if await self._refresh() and time.monotonic() >= low_credit_due:
+                    low_credit_due = time.monotonic() + LOW_CREDIT_SECONDS
+                    for account, (low, exhausted) in (await self._ledger.low_credit()).items():
+                        self._metrics.set_credit_low(account, low, exhausted)
             except Exception:  # noqa: BLE001 - a gauge must never take the replica down
-                log.debug("holds gauge not refreshed", exc_info=True)
+                log.debug("gauges not refreshed", exc_info=True)
             await asyncio.sleep(self._interval)
+
+    async def _refresh(self) -> bool:
+        """Run every check at once (2 s each at most); True when PostgreSQL answered."""
+        names = list(self._checks)
+        results = await asyncio.gather(*(asyncio.wait_for(self._checks[n](), 2.0) for n in names),
+                                       return_exceptions=True)
+        for name, result in zip(names, results, strict=True):
+            self._metrics.set_dependency(name, not isinstance(result, Exception))
+        return not isinstance(results[0], Exception)
+
+    async def _holds(self) -> None:
+        self._metrics.set_holds(*await self._ledger.hold_counts())
 
 
 class _BilledFastPath:
@@ -261,13 +363,15 @@ class _BilledFastPath:
         await route.app(scope, receive, send)
 
 
-async def _route_not_found(_: Request, exc: Exception) -> Response:
+async def _route_not_found(request: Request, exc: Exception) -> Response:
     """Unknown paths and wrong methods alike (Starlette raises HTTPException 404/405)."""
-    return await _proxy_error(_, ProxyError.route_not_found())
+    return await _proxy_error(request, ProxyError.route_not_found())
 
 
-async def _proxy_error(_: Request, exc: Exception) -> Response:
-    return (exc if isinstance(exc, ProxyError) else ProxyError.upstream_failed()).to_response()
+async def _proxy_error(request: Request, exc: Exception) -> Response:
+    err = exc if isinstance(exc, ProxyError) else ProxyError.upstream_failed()
+    request_info(request.scope).error = err.code  # for the access line
+    return err.to_response()
 
 
 def _models(upstream: Upstream) -> Callable[[Request], Awaitable[Response]]:

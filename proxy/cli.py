@@ -1,7 +1,9 @@
-"""The `creditgate` command: serve, migrate, verify.
+"""The `creditgate` command: serve, migrate, verify, healthcheck.
 
 `serve` validates the whole configuration first and stops with one line per mistake; `migrate` and
-`verify` need only CREDITGATE_DATABASE_URL.
+`verify` need only CREDITGATE_DATABASE_URL; `migrate --grant ROLE` then grants the runtime role what the
+gateway needs (proxy/db/grants.py). `healthcheck` is the container's probe: GET /healthz on this host's
+CREDITGATE_PORT, exit 0 when it answers 200 within 2 s, else 1.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ import argparse
 import asyncio
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
+from typing import Any
 
-from proxy.config.settings import ConfigError, Settings
+from proxy.config.settings import ConfigError, Settings, StartupError
 
 
 def _database_url() -> str:
@@ -29,7 +33,11 @@ def serve() -> int:
     from proxy.app import load_config
 
     load_config(settings)  # a bad policy file or model list stops here, one line per mistake
-    import uvicorn
+    from proxy.ops.health import preflight
+    from proxy.ops.logs import configure_logging
+
+    configure_logging(settings.log_level)
+    asyncio.run(preflight(settings))  # PostgreSQL unreachable: StartupError, one line (after a bounded wait)
 
     metrics_dir = None
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -38,7 +46,7 @@ def serve() -> int:
         metrics_dir = tempfile.mkdtemp(prefix="creditgate-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
-        uvicorn.run(
+        _serve_uvicorn(
             "proxy.app:create_app",
             factory=True,
             host=settings.host,
@@ -49,7 +57,9 @@ def serve() -> int:
             access_log=False,
             server_header=False,
             log_config=None,
-            timeout_graceful_shutdown=30,
+            # SIGTERM is the drain's (proxy/ops/drain.py): uvicorn stops once every model request has settled,
+            # so what it still waits for is a quick admin or caller request
+            timeout_graceful_shutdown=3,
             lifespan="on",
         )
     finally:
@@ -59,11 +69,40 @@ def serve() -> int:
     return 0
 
 
-def migrate() -> int:
+def _serve_uvicorn(app: str, **options: Any) -> None:
+    """`uvicorn.run`, except that with several workers SIGHUP reaches every worker that is serving (each
+    reloads its configuration: proxy/config/reload.py) instead of making uvicorn's supervisor restart
+    them all; a worker still starting reads the files as they are now anyway."""
+    import uvicorn
+    from uvicorn.supervisors.multiprocess import Multiprocess
+
+    if options.get("workers", 1) <= 1:
+        # until the app's reloader takes SIGHUP over, the signal's default would end the process
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        uvicorn.run(app, **options)
+        return
+
+    class Workers(Multiprocess):
+        def handle_hup(self) -> None:
+            for process in self.processes:
+                if process.pid is not None and process.is_ready(timeout=1):
+                    os.kill(process.pid, signal.SIGHUP)
+
+    config = uvicorn.Config(app, **options)
+    Workers(config, sockets=[config.bind_socket()]).run()
+
+
+def migrate(grant: str | None = None) -> int:
     from proxy.db.migrate import migrate as run_migrations
 
-    applied = asyncio.run(run_migrations(_database_url()))
+    dsn = _database_url()
+    applied = asyncio.run(run_migrations(dsn))
     print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+    if grant is not None:
+        from proxy.db.grants import grant_runtime
+
+        asyncio.run(grant_runtime(dsn, grant))
+        print(f"granted {grant} the runtime privileges (rows, sequences, functions; no DDL)")
     return 0
 
 
@@ -73,19 +112,46 @@ def verify() -> int:
     return main_verify(_database_url())
 
 
-COMMANDS = {"serve": serve, "migrate": migrate, "verify": verify}
+def healthcheck() -> int:
+    """The image's HEALTHCHECK: stdlib only, so it starts fast; the host is CREDITGATE_HOST unless that is a
+    wildcard (0.0.0.0, ::) or unset, then loopback."""
+    import urllib.error
+    import urllib.request
+
+    host = os.environ.get("CREDITGATE_HOST", "").strip()
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    port = os.environ.get("CREDITGATE_PORT", "").strip() or "8080"
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/healthz"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through an HTTP(S)_PROXY
+    try:
+        with opener.open(url, timeout=2) as answer:
+            ok = answer.status == 200
+    except (OSError, ValueError, urllib.error.URLError) as exc:
+        print(f"creditgate: healthcheck: {url}: {exc}", file=sys.stderr)
+        return 1
+    return 0 if ok else 1
+
+
+COMMANDS = {"serve": serve, "migrate": migrate, "verify": verify, "healthcheck": healthcheck}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="creditgate", description="LLM billing gateway in front of LiteLLM")
-    parser.add_argument("command", choices=sorted(COMMANDS), help="serve | migrate | verify")
+    parser.add_argument("command", choices=sorted(COMMANDS), help="serve | migrate | verify | healthcheck")
+    parser.add_argument("--grant", metavar="ROLE", help="with migrate: then grant ROLE (the gateway's runtime "
+                        "database role) exactly the privileges it needs, no DDL")
     args = parser.parse_args(argv)
+    if args.grant is not None and args.command != "migrate":
+        parser.error("--grant goes with migrate")
     try:
-        return COMMANDS[args.command]()
+        return migrate(args.grant) if args.command == "migrate" else COMMANDS[args.command]()
     except ConfigError as exc:
         for line in str(exc).splitlines():
             print(f"creditgate: configuration error: {line}", file=sys.stderr)
         return 2
+    except StartupError as exc:  # PostgreSQL unreachable: one line naming the variable, never the password
+        print(f"creditgate: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

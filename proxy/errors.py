@@ -131,10 +131,14 @@ class ProxyError(Exception):
 
     # 429
     @classmethod
-    def rate_limited(cls, retry_after: int) -> ProxyError:
-        return cls(
-            429, "rate_limit_error", "rate_limited", "Rate limit exceeded.", headers={"retry-after": str(retry_after)}
-        )
+    def rate_limited(cls, retry_after: int, message: str = "Rate limit exceeded.", *,
+                     retry_after_ms: int | None = None) -> ProxyError:
+        """`retry_after` whole seconds (the header allows nothing finer); `retry_after_ms`, when known, is
+        the precise wait, which the OpenAI SDKs prefer to `Retry-After`."""
+        headers = {"retry-after": str(retry_after)}
+        if retry_after_ms is not None:
+            headers["retry-after-ms"] = str(retry_after_ms)
+        return cls(429, "rate_limit_error", "rate_limited", message, headers=headers)
 
     # 5xx
     @classmethod

@@ -45,3 +45,10 @@ async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+async def cancel(task: asyncio.Task[Any] | None) -> None:
+    """Stop a background loop and wait until it has ended (its failure, if any, was its own to log)."""
+    if task is not None and not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

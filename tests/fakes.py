@@ -155,6 +155,11 @@ class FakeLedger:
         self.calls.append(("credits", (org_id, user_id)))
         return {"org_id": org_id, **_copy(self.credits_row)}
 
+    async def allocations(self, org_id: str, user_id: str | None = None) -> dict[str, Row]:
+        """Nobody's: the admin routes then read each member's as /v1/credits does (`credits_row`)."""
+        self.calls.append(("allocations", (org_id, user_id)))
+        return {}
+
     async def entries(
         self, org_id: str, *, user_id: str | None, limit: int, after: str | None
     ) -> tuple[Sequence[Row], bool]:
@@ -178,6 +183,14 @@ class FakeLedger:
     async def provider_usage(self, org_id: str, user_id: str | None, provider: str) -> Row:
         self.calls.append(("provider_usage", (org_id, user_id, provider)))
         return _copy(self.provider_usage_row)
+
+    async def price_versions(self, *, limit: int, after: str | None) -> tuple[Sequence[Row], bool]:
+        self.calls.append(("price_versions", (limit, after)))
+        return [], False
+
+    async def price_version(self, version: str) -> Row | None:
+        self.calls.append(("price_version", (version,)))
+        return None
 
 
 class KeyReader(Protocol):

@@ -4,6 +4,7 @@ fails to open closes those opened before it; a route given to create_app replace
 from __future__ import annotations
 
 import asyncio
+import re
 
 import httpx
 import pytest
@@ -13,6 +14,7 @@ from starlette.routing import Route
 
 from devstack import services
 from proxy.app import Step, create_app
+from proxy.config.settings import Secret
 from proxy.gateway.context import RequestContext
 from tests.gateway.conftest import ServerThread, chat, make_settings
 
@@ -66,3 +68,51 @@ def test_a_part_that_fails_to_open_closes_what_opened_before_it(litellm: service
     with pytest.raises(RuntimeError, match="warm cannot open"):
         asyncio.run(start())
     assert events == ["open pool", "open keys", "open warm", "close keys", "close pool"]
+
+
+SAMPLE = {"org": "org_sample", "user": "usr_sample", "key": "key_sample", "provider": "openai",
+          "request_id": "req_sample", "model_id": "fake-small"}
+
+
+def concrete(path: str) -> str:
+    """A path of the route table with a plausible value for each parameter (`{org}`, `{model_id:path}`)."""
+    return re.sub(r"\{(\w+)(?::\w+)?\}", lambda m: SAMPLE.get(m.group(1), "sample_1"), path)
+
+
+async def test_every_route_answers_the_contracts_json_before_the_lifespan_opened_anything(
+        fernet_key: Secret) -> None:
+    """The whole product's route table, with nothing opened (as before start-up completes or after shutdown):
+    every method of every route, and one it does not allow, for the operator, a member's key and nobody.
+    Every error is `{"error": {...}}` JSON with the request id: 503 ledger_unavailable where the database is
+    needed, 502 where LiteLLM is, a 404 for a method a path does not serve; never a 500, never text/plain."""
+    settings = make_settings("http://127.0.0.1:9", byok_keys=(fernet_key,))
+    app = create_app(settings)
+    routes = [r for r in app.routes if isinstance(r, Route)]
+    assert len(routes) > 40 and all(r.methods for r in routes)
+    callers = ({"authorization": "Bearer admin-token-for-core-tests"}, {"authorization": "Bearer sk-cg-member"}, {})
+    seen: set[tuple[str, int, str | None]] = set()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+        served: dict[str, set[str]] = {}
+        for route in routes:
+            served.setdefault(route.path, set()).update(route.methods or ())
+        for template, methods in served.items():
+            path = concrete(template)
+            wrong = next(m for m in ("PATCH", "PUT", "DELETE", "POST", "GET") if m not in methods)
+            for method in [*sorted(methods), wrong]:
+                for headers in callers:
+                    answer = await client.request(method, path, headers={**headers, "x-request-id": "rt-1"},
+                                                  json={"model": "fake-small", "messages": []})
+                    assert answer.headers.get("x-request-id") == "rt-1", (method, path)
+                    if answer.status_code < 400 or method == "HEAD":
+                        continue
+                    assert answer.headers["content-type"] == "application/json", (method, path, answer.text)
+                    if path == "/readyz" and method == "GET":  # its own answer: which check failed
+                        assert answer.json()["status"] == "unavailable"
+                        continue
+                    error = answer.json()["error"]
+                    assert set(error) == {"message", "type", "param", "code"}, (method, path)
+                    assert answer.status_code in (400, 401, 403, 404, 410, 413, 502, 503), (method, path, answer.text)
+                    seen.add((method if method == wrong else "ok", answer.status_code, error["code"]))
+    codes = {(status, code) for _, status, code in seen}
+    assert {(503, "ledger_unavailable"), (401, "invalid_api_key"), (404, "route_not_found")} <= codes
+    assert {(status, code) for m, status, code in seen if m != "ok"} == {(404, "route_not_found")}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 
-from proxy.tasks import Background, wait_event
+from proxy.tasks import Background, cancel, wait_event
 
 
 async def test_spawned_work_runs_to_the_end_even_unreferenced_and_is_drained() -> None:
@@ -59,3 +59,18 @@ async def test_a_loop_on_wait_event_stops_when_cancelled_as_its_event_fires() ->
         task.cancel()
         done, _ = await asyncio.wait({task}, timeout=2)
         assert task in done and task.cancelled()
+
+
+async def test_cancel_ends_a_loop_and_leaves_a_finished_or_absent_task_alone() -> None:
+    async def forever() -> None:
+        await asyncio.Event().wait()
+
+    task = asyncio.get_running_loop().create_task(forever())
+    await asyncio.sleep(0)
+    await cancel(task)
+    assert task.cancelled()
+    done = asyncio.get_running_loop().create_task(asyncio.sleep(0, result=7))
+    await done
+    await cancel(done)
+    await cancel(None)
+    assert done.result() == 7

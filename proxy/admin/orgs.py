@@ -28,7 +28,7 @@ from proxy.api.jsonapi import (
 from proxy.db.pool import Row, serial_cursor
 from proxy.errors import ProxyError
 
-GROUPS = ("user", "model", "day")
+GROUPS = ("user", "model", "day", "price_version")
 
 
 def org_not_found() -> ProxyError:
@@ -57,9 +57,17 @@ class OrgRoutes:
         return listing(rows, has_more)
 
     async def get(self, request: Request) -> Response:
+        """The org, its pool, and its members each with their allocation this period (millicredits)."""
         _, org_id = await self.d.auth.org_admin(request)
         org = await self._existing(org_id)
-        return json_response({**org, "pool": await self.d.ledger.pool(org_id)})
+        allocations = await self.d.ledger.allocations(org_id)
+        members = []
+        for member in org["members"]:
+            allocation = allocations.get(member["user_id"])
+            if allocation is None:  # joined between the two reads: read it as their own /v1/credits does
+                allocation = (await self.d.ledger.credits(org_id, member["user_id"]))["allocation"]
+            members.append({**member, "allocation": allocation})
+        return json_response({**org, "members": members, "pool": await self.d.ledger.pool(org_id)})
 
     async def update(self, request: Request) -> Response:
         caller = await self.d.auth.operator(request)
@@ -101,7 +109,7 @@ class OrgRoutes:
         return json_response(result)
 
     async def usage(self, request: Request) -> Response:
-        """Usage totals, `group_by` user|model|day, optionally one `user_id`, within [start, end) (an
+        """Usage totals, `group_by` user|model|day|price_version, optionally one `user_id`, within [start, end) (an
         empty or reversed window is 400 naming `end`, as on the caller's /v1/usage)."""
         _, org_id = await self.d.auth.org_admin(request)
         params = request.query_params

@@ -22,6 +22,7 @@ from starlette.responses import Response
 from proxy.admin.auth import Caller
 from proxy.admin.deps import AdminDeps
 from proxy.admin.input import email, email_or_none, path_id
+from proxy.admin.orgs import org_not_found
 from proxy.api.answers import MemberRemoved
 from proxy.api.bodies import CreateKey, CreateUser, PutMember
 from proxy.api.jsonapi import id_cursor, json_response, listing, page, query_id
@@ -56,6 +57,21 @@ class PeopleRoutes:
         return listing(rows, has_more)
 
     # ------------------------------------------------------------------ members
+
+    async def get_member(self, request: Request) -> Response:
+        """One member of the org and their allocation this period: limit, used, held, available, period,
+        resets_at (millicredits), the very numbers of their own GET /v1/credits. Org admins read their
+        own org's members; anyone else's is the same 404 as an unknown id."""
+        _, org_id = await self.d.auth.org_admin(request)
+        user_id = path_id(request, "user", "usr")
+        org = await self.d.directory.get_org(org_id)
+        if org is None:
+            raise org_not_found()
+        member = next((m for m in org["members"] if m["user_id"] == user_id), None)
+        if member is None:
+            raise member_not_found()
+        credits = await self.d.ledger.credits(org_id, user_id)
+        return json_response({**member, "org_id": org_id, "allocation": credits["allocation"]})
 
     async def put_member(self, request: Request) -> Response:
         """The operator upserts the membership; an org admin changes an existing member of their org.

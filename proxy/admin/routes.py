@@ -16,6 +16,7 @@ from proxy.admin.auth import Authorizer
 from proxy.admin.deps import AdminDeps, AdminDirectory
 from proxy.admin.orgs import OrgRoutes
 from proxy.admin.people import PeopleRoutes
+from proxy.admin.prices import PriceRoutes
 from proxy.api.decode import BodyReader
 from proxy.api.stores import LedgerAdmin
 from proxy.config.settings import Secret
@@ -42,7 +43,7 @@ def admin_routes(
         on_revoke=on_revoke,
         bodies=BodyReader(tiers=tiers, power_levels=power_levels),
     )
-    orgs, people = OrgRoutes(deps), PeopleRoutes(deps)
+    orgs, people, prices = OrgRoutes(deps), PeopleRoutes(deps), PriceRoutes(deps)
     return [
         Route("/admin/orgs", orgs.create, methods=["POST"]),
         Route("/admin/orgs", orgs.list_all, methods=["GET"]),
@@ -54,6 +55,7 @@ def admin_routes(
         Route("/admin/orgs/{org}/ledger", orgs.ledger, methods=["GET"]),
         Route("/admin/orgs/{org}/audit", orgs.audit, methods=["GET"]),
         Route("/admin/audit", orgs.audit, methods=["GET"]),
+        Route("/admin/orgs/{org}/members/{user}", people.get_member, methods=["GET"]),
         Route("/admin/orgs/{org}/members/{user}", people.put_member, methods=["PUT"]),
         Route("/admin/orgs/{org}/members/{user}", people.delete_member, methods=["DELETE"]),
         Route("/admin/users", people.create_user, methods=["POST"]),
@@ -61,4 +63,6 @@ def admin_routes(
         Route("/admin/keys", people.create_key, methods=["POST"]),
         Route("/admin/keys", people.list_keys, methods=["GET"]),
         Route("/admin/keys/{key}", people.revoke_key, methods=["DELETE"]),
+        Route("/admin/price-versions", prices.list_all, methods=["GET"]),
+        Route("/admin/price-versions/{version}", prices.get, methods=["GET"]),
     ]

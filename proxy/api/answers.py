@@ -26,6 +26,11 @@ SuspendedBy = Literal["operator", "org_admin"]
 Scope = Literal["user", "org"]
 
 
+PriceVersionId = Annotated[str | None, Meta(
+    description="The prices the request was held and charged at (GET /admin/price-versions/{version}); null for "
+                "requests from before price versions were recorded.", examples=["pv_3f9a0c1e5b7d2468"])]
+
+
 class Answer(msgspec.Struct, kw_only=True):
     """The base of every answer body."""
 
@@ -95,10 +100,18 @@ class Member(MemberFields):
 
 
 class OrgMember(MemberFields):
-    """A member as GET /admin/orgs/{org} lists them, with the user's email and name."""
+    """A member as GET /admin/orgs/{org} lists them, with the user's email and name and their allocation
+    this period (what their own GET /v1/credits says)."""
 
     email: str
     name: str
+    allocation: Allocation
+
+
+class MemberDetail(OrgMember):
+    """GET /admin/orgs/{org}/members/{user}: one member, their allocation used and remaining."""
+
+    org_id: str
 
 
 class OrgDetail(Org):
@@ -142,14 +155,17 @@ class JournalEntry(Answer):
     actor: str | None
     reason: str | None
     created_at: datetime
+    price_version: PriceVersionId = None  # of the entry's request (its hold); null without one
 
 
 class Usage(Answer, kw_only=True):
-    """Usage totals of one group: the group's key is `user`, `model` or `day` (YYYY-MM-DD, UTC)."""
+    """Usage totals of one group: the group's key is `user`, `model`, `day` (YYYY-MM-DD, UTC) or
+    `price_version`."""
 
     user: str | UnsetType = UNSET
     model: str | None | UnsetType = UNSET
     day: str | UnsetType = UNSET
+    price_version: PriceVersionId | UnsetType = UNSET
     requests: int
     prompt_tokens: int | None
     completion_tokens: int | None
@@ -236,6 +252,24 @@ class RequestRecord(Answer):
     list_price_millicredits: Millicredits | None
     usage_source: Literal["provider", "estimate", "checkpoint", "prompt_only"] | None
     byok: bool
+    price_version: PriceVersionId = None
+
+
+class PriceVersionSummary(Answer):
+    """A price version the gateway has charged with (GET /admin/price-versions), newest first."""
+
+    id: str
+    version: Annotated[str, Meta(examples=["pv_3f9a0c1e5b7d2468"])]
+    created_at: datetime
+
+
+class PriceVersion(PriceVersionSummary):
+    """GET /admin/price-versions/{version}: the table a version names. `version` is "pv_" and the first 16 hex
+    digits of the SHA-256 of `prices` written as canonical JSON (keys sorted, separators "," and ":", no
+    spaces). Decimals are text; each deployment's `source` says where each price came from (`config`: the
+    LiteLLM config; `litellm_model_info`: LiteLLM's model info, its cost map)."""
+
+    prices: dict[str, Any]
 
 
 class ProviderKey(Answer):

@@ -27,6 +27,9 @@ KEY_ROW = a.ApiKey(id=KEY, user_id=USER, org_id=ORG, name="laptop", prefix="sk-c
 PROVIDER_KEY = a.ProviderKey(provider="openai", scope="user", masked_key="****0001", enabled=True, created_at=AT,
                              updated_at=AT)
 MODEL = a.Model(id="gpt-4o-mini", created=1767225600, owned_by="openai")
+PRICE_VERSION = "pv_3f9a0c1e5b7d2468"
+ALLOCATION = a.Allocation(limit=50_000, used=2_500, held=0, available=47_500, period="month",
+                          resets_at=datetime(2026, 12, 1, tzinfo=UTC))
 
 EXAMPLES: dict[type[msgspec.Struct], msgspec.Struct] = {
     # requests
@@ -47,7 +50,9 @@ EXAMPLES: dict[type[msgspec.Struct], msgspec.Struct] = {
                                          param="tier", code="missing_field")),
     a.Org: ORG_ROW,
     a.OrgDetail: a.OrgDetail(**msgspec.structs.asdict(ORG_ROW), pool=POOL, members=[
-        a.OrgMember(user_id=USER, email="ann@acme.test", name="Ann", **MEMBER)]),
+        a.OrgMember(user_id=USER, email="ann@acme.test", name="Ann", allocation=ALLOCATION, **MEMBER)]),
+    a.MemberDetail: a.MemberDetail(org_id=ORG, user_id=USER, email="ann@acme.test", name="Ann", allocation=ALLOCATION,
+                                   **MEMBER),
     a.Member: a.Member(org_id=ORG, user_id=USER, **MEMBER),
     a.MemberRemoved: a.MemberRemoved(org_id=ORG, user_id=USER, deleted=True),
     a.Credit: a.Credit(id="grant_12", org_id=ORG, kind="grant", amount_millicredits=1_000_000,
@@ -56,7 +61,7 @@ EXAMPLES: dict[type[msgspec.Struct], msgspec.Struct] = {
     a.JournalEntry: a.JournalEntry(id="42", kind="post", amount_millicredits=-2_500, balance_delta=-2_500,
                                    held_delta=-3_000, granted_delta=0, posted_delta=2_500, overage_delta=0, version=3,
                                    request_id="req_01jcz8g2k4m6p8r0t2v4x6z8b0", user_id=USER, actor=None,
-                                   reason=None, created_at=AT),
+                                   reason=None, created_at=AT, price_version=PRICE_VERSION),
     a.Usage: a.Usage(model="gpt-4o-mini", requests=12, prompt_tokens=3_400, completion_tokens=900,
                      charged_millicredits=2_500, list_price_millicredits=2_000),
     a.AuditEntry: a.AuditEntry(id="7", actor="operator", action="member.put", org_id=ORG, target=USER,
@@ -65,12 +70,22 @@ EXAMPLES: dict[type[msgspec.Struct], msgspec.Struct] = {
     a.ApiKey: KEY_ROW,
     a.CreatedApiKey: a.CreatedApiKey(**msgspec.structs.asdict(KEY_ROW), key="sk-cg-4f2a" + "x" * 39),
     a.Credits: a.Credits(org_id=ORG, pool=a.PoolCredit(balance=997_500, held=2_500, available=995_000),
-                         allocation=a.Allocation(limit=50_000, used=2_500, held=0, available=47_500, period="month",
-                                                 resets_at=datetime(2026, 12, 1, tzinfo=UTC))),
+                         allocation=ALLOCATION),
     a.RequestRecord: a.RequestRecord(request_id="req_01jcz8g2k4m6p8r0t2v4x6z8b0", status="settled",
                                      model="gpt-4o-mini", prompt_tokens=310, completion_tokens=42,
                                      held_millicredits=3_000, charged_millicredits=2_500,
-                                     list_price_millicredits=2_000, usage_source="provider", byok=False),
+                                     list_price_millicredits=2_000, usage_source="provider", byok=False,
+                                     price_version=PRICE_VERSION),
+    a.PriceVersionSummary: a.PriceVersionSummary(id="3", version=PRICE_VERSION, created_at=AT),
+    a.PriceVersion: a.PriceVersion(id="3", version=PRICE_VERSION, created_at=AT, prices={
+        "credits_per_usd": "1000", "tiers": {"starter": {"markup": "0.4"}},
+        "power_levels": {"balanced": {"multiplier": "0.25", "models": ["gpt-4o-mini"]}},
+        "models": {"gpt-4o-mini": [{"deployment": "gpt-4o-mini-1", "provider": "openai",
+                                    "input_cost_per_token": "0.00000015", "output_cost_per_token": "0.0000006",
+                                    "output_cost_per_image": None,
+                                    "source": {"input_cost_per_token": "litellm_model_info",
+                                               "output_cost_per_token": "litellm_model_info"}}]},
+        "wildcard_routes": {}}),
     a.ProviderKey: PROVIDER_KEY,
     a.ProviderKeyRemoved: a.ProviderKeyRemoved(provider="openai", scope="user", deleted=True),
     a.ProviderKeyTest: a.ProviderKeyTest(ok=True, status=200, message="The provider accepted the key."),

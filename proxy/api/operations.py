@@ -58,6 +58,7 @@ PATH_PARAMS: dict[str, Schema] = {
     "provider": {"type": "string", "examples": ["openai"]},
     "request_id": {"type": "string", "maxLength": 64, "description": "X-Request-Id as sent, or the generated req_ id"},
     "model_id": {"type": "string", "examples": ["gpt-4o-mini"]},
+    "version": {"type": "string", "pattern": "^pv_[0-9a-f]{16}$"},
 }
 PAGE = (Param("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50}),
         Param("after", {"type": "string"}, "The last row's id of the previous page."))
@@ -81,7 +82,7 @@ ADMIN = [
     Operation("POST", "/admin/orgs/{org}/adjustments", "adjustCredits", "A signed correction, e.g. a refund",
               "operator", {200: a.Credit}, b.Adjustment, errors=(404, 409)),
     Operation("GET", "/admin/orgs/{org}/usage", "getOrgUsage", "Usage totals by user, model or day", "org_admin",
-              {200: a.Listing[a.Usage]}, query=(_group_by("user", "model", "day"),
+              {200: a.Listing[a.Usage]}, query=(_group_by("user", "model", "day", "price_version"),
                                                 Param("user_id", _id("usr")), *WINDOW), errors=(404,)),
     Operation("GET", "/admin/orgs/{org}/ledger", "listOrgLedger", "The org's journal, newest first", "org_admin",
               {200: a.Listing[a.JournalEntry]}, query=(Param("user_id", _id("usr")), *PAGE), errors=(404,)),
@@ -89,6 +90,9 @@ ADMIN = [
               "org_admin", {200: a.Listing[a.AuditEntry]}, query=PAGE, errors=(404,)),
     Operation("GET", "/admin/audit", "listAudit", "Every admin action, newest first", "operator",
               {200: a.Listing[a.AuditEntry]}, query=(Param("org_id", _id("org")), *PAGE)),
+    Operation("GET", "/admin/orgs/{org}/members/{user}", "getMember",
+              "A member with their allocation used and remaining this period", "org_admin", {200: a.MemberDetail},
+              errors=(404,)),
     Operation("PUT", "/admin/orgs/{org}/members/{user}", "putMember",
               "Add or change a member (only the fields sent change)", "org_admin", {200: a.Member}, b.PutMember,
               errors=(404,)),
@@ -104,6 +108,11 @@ ADMIN = [
               {200: a.Listing[a.ApiKey]}, query=(Param("user_id", _id("usr")), Param("org_id", _id("org")), *PAGE)),
     Operation("DELETE", "/admin/keys/{key}", "revokeKey", "Revoke a key on every replica within a second",
               "org_admin", {200: a.ApiKey}, errors=(404, 503)),
+    Operation("GET", "/admin/price-versions", "listPriceVersions", "The price versions charged with, newest first",
+              "operator", {200: a.Listing[a.PriceVersionSummary]}, query=PAGE),
+    Operation("GET", "/admin/price-versions/{version}", "getPriceVersion",
+              "The prices, markups and multipliers of one price version", "operator", {200: a.PriceVersion},
+              errors=(404,)),
 ]
 
 CALLER = [

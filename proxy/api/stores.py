@@ -34,6 +34,10 @@ class LedgerAdmin(Protocol):
         """The GET /v1/credits body (CONTRACT.md, Caller's own endpoints)."""
         ...
 
+    async def allocations(self, org_id: str, user_id: str | None = None) -> dict[str, Row]:
+        """Each member's (or one member's) allocation by user id, as GET /v1/credits shows it to them."""
+        ...
+
     async def entries(
         self, org_id: str, *, user_id: str | None, limit: int, after: str | None
     ) -> tuple[Sequence[Row], bool]:
@@ -58,6 +62,14 @@ class LedgerAdmin(Protocol):
 
     async def provider_usage(self, org_id: str, user_id: str | None, provider: str) -> Row:
         """BYOK usage for one provider (user_id None = the whole org): requests, tokens, list price."""
+        ...
+
+    async def price_versions(self, *, limit: int, after: str | None) -> tuple[Sequence[Row], bool]:
+        """The stored price versions (id, version, created_at), newest first."""
+        ...
+
+    async def price_version(self, version: str) -> Row | None:
+        """One price version with its table ("prices": the canonical JSON text), or None."""
         ...
 
 

@@ -25,6 +25,7 @@ from proxy.api.stores import DirectoryAdmin, LedgerAdmin
 from proxy.caller.common import Identify, both, membership, require_scope, scope_of
 from proxy.caller.models import providers_of
 from proxy.config.catalogue import Catalogue
+from proxy.config.live import LiveConfig
 from proxy.config.settings import Secret
 from proxy.db.pool import Row
 from proxy.directory.crypto import KeyBox, UndecryptableKey, last4, mask
@@ -69,15 +70,16 @@ def byok_routes(
     identify: Identify,
     ledger: LedgerAdmin,
     directory: ByokDirectory,
-    catalogue: Catalogue,
+    config: LiveConfig,
     keybox: KeyBox,
     probe: Probe,
 ) -> list[BaseRoute]:
-    """The BYOK routes under /byok/keys; keys are sealed and opened with `keybox` (proxy/directory/crypto.py)."""
-    providers = providers_of(catalogue)
-    bodies = BodyReader(providers=providers)
+    """The BYOK routes under /byok/keys; keys are sealed and opened with `keybox` (proxy/directory/crypto.py).
+    The providers a key may be stored for are those of the configuration current at the request."""
+    vocabulary = _Providers(config)
 
     def provider_param(value: str, param: str = "provider") -> str:
+        providers = vocabulary.providers()
         if value.strip().lower() not in providers:
             known = ", ".join(sorted(providers))
             raise ProxyError.invalid_value(param, f"Unknown provider; expected one of: {known}.")
@@ -85,7 +87,7 @@ def byok_routes(
 
     async def put_key(request: Request) -> Response:
         member = membership(await identify(request))
-        body = await bodies.read(request, PutProviderKey)
+        body = await vocabulary.bodies().read(request, PutProviderKey)
         provider, key, scope = provider_param(body.provider), validate_key(body.api_key), body.scope
         require_scope(scope, member)
         row = await directory.put_provider_key(
@@ -116,7 +118,7 @@ def byok_routes(
 
     async def toggle_key(request: Request) -> Response:
         member, scope, provider = await target(request)
-        enabled = (await bodies.read(request, ToggleProviderKey)).enabled
+        enabled = (await vocabulary.bodies().read(request, ToggleProviderKey)).enabled
         row = await directory.toggle_provider_key(member.org_id, scope, owner_of(member, scope), provider, enabled)
         if row is None:
             raise not_stored(provider, scope)
@@ -129,7 +131,7 @@ def byok_routes(
         match = next((k for k in stored if k.scope == scope), None)
         if match is None:
             raise not_stored(provider, scope)
-        model = probe_model(catalogue, provider)
+        model = probe_model(config.current.catalogue, provider)
         if model is None:
             raise ProxyError.invalid_value("provider", f"No model of provider '{provider}' takes members' keys.")
         try:
@@ -164,6 +166,31 @@ def byok_routes(
         *both("/byok/keys/{provider}/test", test_key, ["POST"]),
         *both("/byok/keys/{provider}/usage", key_usage, ["GET"]),
     ]
+
+
+class _Providers:
+    """The BYOK providers of the current catalogue and a body reader that knows them, rebuilt only when a
+    reload swapped the catalogue."""
+
+    def __init__(self, config: LiveConfig) -> None:
+        self._config = config
+        self._catalogue: Catalogue | None = None
+        self._providers: set[str] = set()
+        self._bodies = BodyReader(providers=())
+
+    def _refresh(self) -> None:
+        catalogue = self._config.current.catalogue
+        if catalogue is not self._catalogue:
+            self._catalogue, self._providers = catalogue, providers_of(catalogue)
+            self._bodies = BodyReader(providers=self._providers)
+
+    def providers(self) -> set[str]:
+        self._refresh()
+        return self._providers
+
+    def bodies(self) -> BodyReader:
+        self._refresh()
+        return self._bodies
 
 
 def not_stored(provider: str, scope: str) -> ProxyError:

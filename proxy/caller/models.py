@@ -18,6 +18,7 @@ from proxy.api.jsonapi import json_response
 from proxy.api.stores import DirectoryAdmin
 from proxy.caller.common import Identify, both, membership
 from proxy.config.catalogue import Catalogue, Model
+from proxy.config.live import LiveConfig
 from proxy.config.policy import PolicyConfig
 from proxy.directory.types import Membership
 from proxy.errors import ProxyError
@@ -25,7 +26,7 @@ from proxy.errors import ProxyError
 
 def providers_of(catalogue: Catalogue) -> set[str]:
     """Every provider named by a deployment: the only providers a BYOK key may be stored for."""
-    return {d.provider for m in catalogue.models.values() for d in m.deployments}
+    return catalogue.providers()
 
 
 def tier_allows(policy: PolicyConfig, tier_name: str, model: str) -> bool:
@@ -53,18 +54,19 @@ def model_routes(
     *,
     identify: Identify,
     directory: DirectoryAdmin,
-    catalogue: Catalogue,
-    policy: PolicyConfig,
+    config: LiveConfig,
     created: int,
 ) -> list[BaseRoute]:
-    """GET /models (OpenAI list shape), /models/categorized, /models/{id} (404 model_not_found)."""
-    models = tuple(catalogue.models.values())  # config order
+    """GET /models (OpenAI list shape), /models/categorized, /models/{id} (404 model_not_found), from the
+    configuration current when the request arrives."""
 
     async def visible(request: Request) -> list[Model]:
         member = membership(await identify(request))
+        snapshot = config.current
         rows = await directory.list_provider_keys(member.org_id, member.user_id)
         keyed = {str(row["provider"]) for row in rows if row.get("enabled")}
-        return [m for m in models if usable(m, member, keyed, policy)]
+        models = snapshot.catalogue.models.values()  # config order, then what wildcard routes expand to
+        return [m for m in models if usable(m, member, keyed, snapshot.policy)]
 
     async def list_models(request: Request) -> Response:
         return json_response(ModelList(data=[model_object(m, created) for m in await visible(request)]))

@@ -21,8 +21,7 @@ from proxy.api.stores import LedgerAdmin
 from proxy.caller.byok import ByokDirectory, Probe, byok_routes
 from proxy.caller.common import Identify, both, checked, membership
 from proxy.caller.models import model_routes
-from proxy.config.catalogue import Catalogue
-from proxy.config.policy import PolicyConfig
+from proxy.config.live import LiveConfig
 from proxy.db.pool import serial_cursor
 from proxy.directory.crypto import KeyBox
 from proxy.errors import ProxyError
@@ -38,21 +37,20 @@ def caller_routes(
     identify: Identify,
     ledger: LedgerAdmin,
     directory: ByokDirectory,
-    catalogue: Catalogue,
-    policy: PolicyConfig,
+    config: LiveConfig,
     keybox: KeyBox,
     probe: Probe,
     created: int,
 ) -> list[BaseRoute]:
-    """All caller routes. `catalogue` and `policy` say which models exist and which tiers may use
-    them, `keybox` seals BYOK keys, `probe(model, key)` is the one-token test call to LiteLLM
+    """All caller routes. `config` (its current snapshot, per request) says which models exist and which
+    tiers may use them, `keybox` seals BYOK keys, `probe(model, key)` is the one-token test call to LiteLLM
     (proxy/caller/probe.py), `created` the `created` stamp of model objects (when the model list was
     loaded). Every route authenticates first, then checks its path and query values."""
     identify = checked(identify)
     return [
         *credit_routes(identify=identify, ledger=ledger),
-        *model_routes(identify=identify, directory=directory, catalogue=catalogue, policy=policy, created=created),
-        *byok_routes(identify=identify, ledger=ledger, directory=directory, catalogue=catalogue, keybox=keybox,
+        *model_routes(identify=identify, directory=directory, config=config, created=created),
+        *byok_routes(identify=identify, ledger=ledger, directory=directory, config=config, keybox=keybox,
                      probe=probe),
     ]
 

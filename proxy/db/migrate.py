@@ -3,6 +3,7 @@
 `migrate(dsn)` takes a session-level advisory lock so replicas starting at once apply each file once;
 every file runs in its own transaction and is recorded (with its SHA-256) in
 `creditgate.schema_migrations` in that same transaction. A second run applies nothing.
+`schema_state(conn)` compares what a database has applied with this release's files (for /readyz).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import asyncpg
 
-from proxy.config.settings import ConfigError
+from proxy.config.settings import ConfigError, StartupError
+from proxy.db.pool import unreachable_line
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # an arbitrary constant shared by every replica: "creditgate migrate" as a 64-bit advisory lock key
@@ -42,8 +44,12 @@ def discover(directory: Path = MIGRATIONS) -> list[Migration]:
 
 
 async def migrate(dsn: str, directory: Path = MIGRATIONS) -> list[str]:
-    """Apply the pending migrations; returns the names applied (empty when up to date)."""
-    conn = await asyncpg.connect(dsn)
+    """Apply the pending migrations; returns the names applied (empty when up to date). PostgreSQL
+    unreachable is `StartupError` (one line naming CREDITGATE_DATABASE_URL)."""
+    try:
+        conn = await asyncpg.connect(dsn)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise StartupError(unreachable_line(dsn, exc)) from None
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
         try:
@@ -76,6 +82,49 @@ async def _apply(conn: asyncpg.Connection, migrations: list[Migration]) -> list[
             )
         applied.append(m.name)
     return applied
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaState:
+    """What a database has applied against what this release ships. `missing`: this release's
+    migrations not applied (the schema is older: not ready); `unknown`: applied migrations this release
+    does not have (a newer release migrated it; expected during a rolling upgrade, so still ready)."""
+
+    found: str | None  # the newest migration applied, None when none is
+    expected: str  # this release's newest migration
+    missing: tuple[str, ...]
+    unknown: tuple[str, ...]
+
+    @property
+    def current(self) -> bool:
+        return not self.missing
+
+    def describe(self) -> str:
+        """One line for /readyz and the logs: what was found, what is expected, what to run."""
+        if self.found is None:
+            return f"schema not migrated, this release needs {self.expected}: run `creditgate migrate`"
+        found = self.found
+        if self.missing:
+            return (f"schema at {found}, this release needs {self.expected} ({len(self.missing)} migration(s) "
+                    "pending): run `creditgate migrate`")
+        if self.unknown:
+            return f"schema at {found}, newer than this release's {self.expected}"
+        return f"schema at {self.expected}"
+
+
+async def schema_state(conn: asyncpg.Connection, directory: Path = MIGRATIONS) -> SchemaState:
+    """Read `creditgate.schema_migrations` (absent on a database never migrated) and compare it with the
+    files of this release. Two round trips; creates nothing."""
+    names = [m.name for m in discover(directory)]
+    applied: set[str] = set()
+    if await conn.fetchval("SELECT to_regclass('creditgate.schema_migrations') IS NOT NULL"):
+        applied = {r["name"] for r in await conn.fetch("SELECT name FROM creditgate.schema_migrations")}
+    return SchemaState(
+        found=max(applied) if applied else None,
+        expected=names[-1],
+        missing=tuple(n for n in names if n not in applied),
+        unknown=tuple(sorted(applied - set(names))),
+    )
 
 
 class MigrationError(ConfigError):

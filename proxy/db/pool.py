@@ -1,15 +1,20 @@
 """The asyncpg pool and what every store shares about PostgreSQL: which failures mean "the database is
 unavailable" (the contract's 503 `ledger_unavailable`, never a 500), the row type of the admin and
-caller listings, and the bigint cursors of the listings ordered by a serial id.
+caller listings, the bigint cursors of the listings ordered by a serial id, and reaching PostgreSQL at
+start-up (`wait_for_postgres`: one line naming CREDITGATE_DATABASE_URL, never its password).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+import socket
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 
+from proxy.config.settings import StartupError
 from proxy.errors import ProxyError
 
 Row = dict[str, Any]
@@ -17,10 +22,28 @@ STATEMENT_TIMEOUT_MS = 2000
 MAX_SERIAL = 2**63 - 1  # a bigint: journal and audit ids
 _SERIAL = re.compile(r"[1-9][0-9]{0,18}")  # ASCII digits only
 
+
+class DatabaseClosed(ConnectionError):
+    """The pool is not open (before the lifespan opened it, or after it closed it). A ConnectionError, so
+    every store answers it as any unreachable database: 503 `ledger_unavailable`, never a 500."""
+
+
+# The schema is older than this release (`creditgate migrate` has not run): what it names does not exist
+# yet. The ledger is unavailable, exactly as if the database were down; /readyz says which migration is
+# missing (proxy/ops/health.py) and the app answers 503 until it is applied.
+SCHEMA_MISSING: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.UndefinedTableError,
+    asyncpg.exceptions.UndefinedFunctionError,
+    asyncpg.exceptions.UndefinedColumnError,
+    asyncpg.exceptions.UndefinedObjectError,
+    asyncpg.exceptions.InvalidSchemaNameError,
+)
+
 # The database is unreachable, overloaded or shutting down: connection lost or refused, timeouts,
 # statement_timeout (QueryCanceled, an OperatorIntervention), deadlock/serialization (never expected;
-# retryable). The one list the ledger and the directory both use.
+# retryable), or not migrated. The one list the ledger and the directory both use.
 UNAVAILABLE: tuple[type[BaseException], ...] = (
+    *SCHEMA_MISSING,
     OSError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
@@ -69,8 +92,12 @@ class Database:
         self._pool: asyncpg.Pool | None = None
 
     async def open(self) -> None:
+        """Raises `StartupError` (one line naming CREDITGATE_DATABASE_URL) when PostgreSQL cannot be reached."""
         if self._pool is None:
-            self._pool = await create_pool(self._dsn, min_size=self._min_size, max_size=self._max_size)
+            try:
+                self._pool = await create_pool(self._dsn, min_size=self._min_size, max_size=self._max_size)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                raise StartupError(unreachable_line(self._dsn, exc)) from None
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -80,7 +107,7 @@ class Database:
     @property
     def pool(self) -> asyncpg.Pool:
         if self._pool is None:
-            raise RuntimeError("Database.open() has not run (the app's lifespan opens it)")
+            raise DatabaseClosed("the database pool is not open (the app's lifespan opens it)")
         return self._pool
 
     def acquire(self, *, timeout: float | None = None) -> Any:
@@ -95,3 +122,70 @@ class Database:
 
 Pool = asyncpg.Pool | Database
 """What the stores acquire connections from: the app's `Database`, or a bare asyncpg pool (tests, bench)."""
+
+
+# ------------------------------------------------------------------ start-up: reach PostgreSQL or say why
+
+# worth waiting for: the server is not up yet, or is still starting (a sidecar's PostgreSQL, a container)
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+
+
+def dsn_target(dsn: str) -> str:
+    """Where a DSN points, as `host:port` text without the user or password (any credentials before `@`
+    are cut off); "the local socket" for a DSN without a host."""
+    rest = dsn.partition("://")[2]
+    netloc = rest.split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
+    return netloc or "the local socket"
+
+
+def reason(exc: BaseException) -> str:
+    """Why a connection failed, in a few words that never quote the server's or the DSN's text."""
+    if isinstance(exc, ProxyError):
+        return exc.code or exc.type
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return "unknown host"
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return "timed out"
+    if isinstance(exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError):
+        return "the server refused the user or password"
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return "the database does not exist"
+    if isinstance(exc, asyncpg.CannotConnectNowError):
+        return "the server is starting up or shutting down"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return type(exc).__name__
+
+
+def unreachable_line(dsn: str, exc: BaseException) -> str:
+    return f"cannot reach PostgreSQL at CREDITGATE_DATABASE_URL ({dsn_target(dsn)}): {reason(exc)}"
+
+
+async def wait_for_postgres(dsn: str, wait_seconds: float, *, on_wait: Callable[[str], None] | None = None) -> None:
+    """Connect once, retrying for up to `wait_seconds` while the failure is one that time can fix (refused,
+    timed out, starting up); a wrong password or database fails at once. Raises `StartupError`.
+    `on_wait(line)` is called once, the first time it has to wait."""
+    loop = asyncio.get_running_loop()
+    deadline, delay, waited = loop.time() + wait_seconds, 0.25, False
+    while True:
+        try:
+            conn = await asyncpg.connect(dsn, timeout=min(5.0, max(wait_seconds, 1.0)))
+        except _TRANSIENT as exc:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise StartupError(unreachable_line(dsn, exc)) from None
+            if not waited and on_wait is not None:
+                on_wait(unreachable_line(dsn, exc))
+            waited = True
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StartupError(unreachable_line(dsn, exc)) from None
+        else:
+            await conn.close()
+            return
+        await asyncio.sleep(min(delay, left))
+        delay = min(delay * 2, 2.0)

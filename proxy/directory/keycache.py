@@ -130,14 +130,17 @@ class KeyCache:
         self.clear()
 
     async def _subscribe_forever(self) -> None:
-        backoff = 0.05
+        backoff, lost = 0.05, False
         while True:
             try:
                 await self._subscribe_once()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any loss of the subscription: distrust the cache, reconnect
-                log.warning("revocation subscription lost: %s", type(exc).__name__)
+                if not lost or self._subscribed:  # once per loss, not at every retry while Redis is down
+                    log.warning("revocation subscription lost, keys are read from PostgreSQL until it is back: %s",
+                                type(exc).__name__)
+                lost = True
             finally:
                 self._subscribed = False
                 self.clear()
@@ -177,5 +180,6 @@ class KeyCache:
             self.clear()  # anything cached before this subscription may have missed a revocation
             self._last_pong = self._clock()
             self._subscribed = True
+            log.info("revocation subscription established")
         elif kind == "pong":
             self._last_pong = self._clock()

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from proxy.config.live import Snapshot
 from proxy.config.settings import Secret
 from proxy.directory.types import ApiKey, Membership
-from proxy.ledger.types import Hold
+from proxy.ledger.types import Hold, Settlement
+from proxy.ops.tracing import Trace
 
 Policy = Callable[["RequestContext"], Awaitable[None]]
 
@@ -65,6 +67,7 @@ class RequestContext:
     body: dict[str, Any]
     api_key: Secret | None = None
     # filled by the chain
+    config: Snapshot | None = None  # the configuration the request runs, is held and settles under (PinConfig)
     key: ApiKey | None = None
     membership: Membership | None = None
     power_level: str | None = None
@@ -75,6 +78,9 @@ class RequestContext:
     byok: bool = False
     byok_key: Secret | None = field(default=None, repr=False)
     prompt_tokens: int = 0  # counted before forwarding (upper bound for the hold)
+    # what policies/ratelimit.py did before the body: "counted" (in its rpm buckets: refunded if tpm then
+    # refuses the request) or "unchecked" (Redis did not answer: tpm is not asked either); "" = nothing
+    ratelimit: str = ""
     hold: Hold | None = None
     # filled by the passthrough
     stream: bool = False
@@ -88,6 +94,10 @@ class RequestContext:
     failure: str | None = None  # why the request did not complete: a ProxyError code or "client_disconnected"
     response_headers: dict[str, str] = field(default_factory=dict)  # gateway headers added to the answer
     cleanup: AsyncExitStack = field(default_factory=AsyncExitStack, repr=False)
+    trace: Trace | None = field(default=None, repr=False)  # the request's trace (proxy/ops/tracing.py)
+    # filled by the settlement (policies/settlement.py), for the access line: "posted", "voided", "failed", ...
+    outcome: str | None = None
+    settlement: Settlement | None = None
 
     def require_key(self) -> ApiKey:
         if self.key is None:

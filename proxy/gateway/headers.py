@@ -17,12 +17,15 @@ _ALLOWED_PREFIX = b"x-ratelimit-"
 RawHeaders = list[tuple[bytes, bytes]]
 
 
-def client_response_headers(upstream: Iterable[tuple[bytes, bytes]]) -> RawHeaders:
-    """LiteLLM's raw response headers filtered down to the allowlist (names lower-cased)."""
+def client_response_headers(upstream: Iterable[tuple[bytes, bytes]], own: Iterable[str] = ()) -> RawHeaders:
+    """LiteLLM's raw response headers filtered down to the allowlist (names lower-cased), less the names
+    in `own`, which the gateway sets itself: its x-ratelimit-* describe the caller's own limits, not the
+    provider's limits on the platform's key, and a header sent twice would read as "59, 4999"."""
+    mine = {name.lower().encode("latin-1") for name in own}
     kept: RawHeaders = []
     for name, value in upstream:
         lower = name.lower()
-        if lower in _ALLOWED or lower.startswith(_ALLOWED_PREFIX):
+        if (lower in _ALLOWED or lower.startswith(_ALLOWED_PREFIX)) and lower not in mine:
             kept.append((lower, value))
     return kept
 

@@ -42,6 +42,11 @@ def upstream_body(ctx: RequestContext) -> bytes:
     return orjson.dumps(body)
 
 
+class NotOpen(aiohttp.ClientConnectionError):
+    """The session is not open (before the lifespan or after it): a failed hop, the contract's 502, never
+    a 500."""
+
+
 class Upstream:
     """LiteLLM over one keep-alive aiohttp session, opened and closed by the app's lifespan."""
 
@@ -74,14 +79,17 @@ class Upstream:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            raise RuntimeError("Upstream.open() has not run (the app's lifespan opens it)")
+            raise NotOpen("the upstream session is not open (the app's lifespan opens it)")
         return self._session
 
-    async def post(self, path: str, payload: bytes) -> aiohttp.ClientResponse:
-        """POST `payload` to LiteLLM; the caller owns the response (release or close it).
+    async def post(self, path: str, payload: bytes, *, traceparent: str | None = None) -> aiohttp.ClientResponse:
+        """POST `payload` to LiteLLM; the caller owns the response (release or close it). `traceparent` is
+        the one header a request adds to the allowlisted ones: our own W3C trace context, built by
+        proxy/ops/tracing.py from ids it validated or made, never the client's text.
         Raises ProxyError (upstream_unreachable / upstream_timeout / upstream_failed)."""
+        headers = {**self._headers, "traceparent": traceparent} if traceparent else self._headers
         try:
-            return await self.session.post(self.base_url + path, data=payload, headers=self._headers)
+            return await self.session.post(self.base_url + path, data=payload, headers=headers)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise from_client_error(exc) from exc
 

@@ -31,7 +31,7 @@ from proxy.tasks import Background
 
 BATCH_SQL = """SELECT op, idx, status, amount, charged, remaining FROM creditgate.ledger_batch(
   $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23,
-  $24)"""
+  $24, $25)"""
 
 SettleItem = tuple[str, str, Settlement]  # (org_id, request_id, settlement)
 ReserveItem = tuple[HoldRequest, str]  # (request, owner nonce of this reserve call)
@@ -61,7 +61,7 @@ class _Item:
 
 
 def batch_args(ttl: float, reserves: Sequence[ReserveItem], settles: Sequence[SettleItem]) -> list[Any]:
-    """The 24 parallel-array arguments of `creditgate.ledger_batch`."""
+    """The 25 parallel-array arguments of `creditgate.ledger_batch`."""
     r, s = [x[0] for x in reserves], [x[2] for x in settles]
     return [
         ttl,
@@ -72,6 +72,7 @@ def batch_args(ttl: float, reserves: Sequence[ReserveItem], settles: Sequence[Se
         [x[0] for x in settles], [x[1] for x in settles], [x.prompt_tokens for x in s],
         [x.completion_tokens for x in s], [x.charge for x in s], [x.list_price for x in s],
         [x.usage_source for x in s], [x.model for x in s], [x.provider for x in s], [x.deployment for x in s],
+        [x.price_version for x in r],
     ]
 
 

@@ -26,20 +26,76 @@ SELECT p.granted, p.posted, p.pending, p.overage, p.version, m.allocation_millic
   LEFT JOIN creditgate.allocation_usage a ON a.org_id = p.org_id AND a.user_id = $2
        AND a.period_start = creditgate.period_start(coalesce(m.allocation_period, 'none'), creditgate.now())
  WHERE p.org_id = $1"""
+# every member's allocation in the org (one member's with $2), with the same columns as _CREDITS_SQL
+_ALLOCATIONS_SQL = """
+SELECT m.user_id, p.granted, p.posted, p.pending, p.overage, p.version, m.allocation_millicredits AS lim,
+       coalesce(m.allocation_period, 'none') AS period, a.posted AS used, a.pending AS held,
+       creditgate.period_end(coalesce(m.allocation_period, 'none'), creditgate.now()) AS resets_at
+  FROM creditgate.pools p
+  JOIN creditgate.memberships m ON m.org_id = p.org_id
+  LEFT JOIN creditgate.allocation_usage a ON a.org_id = p.org_id AND a.user_id = m.user_id
+       AND a.period_start = creditgate.period_start(coalesce(m.allocation_period, 'none'), creditgate.now())
+ WHERE p.org_id = $1 AND ($2::text IS NULL OR m.user_id = $2)"""
 _REQUEST_SQL = """
 SELECT h.request_id, h.state::text AS state, h.user_id, h.model AS held_model, h.prompt_tokens AS held_prompt,
-       h.amount, h.byok, u.model, u.prompt_tokens, u.completion_tokens, u.charged, u.list_price, u.usage_source
+       h.amount, h.byok, u.model, u.prompt_tokens, u.completion_tokens, u.charged, u.list_price, u.usage_source,
+       h.price_version
   FROM creditgate.holds h
   LEFT JOIN creditgate.usage_records u ON u.org_id = h.org_id AND u.request_id = h.request_id AND u.hold_id = h.id
  WHERE h.org_id = $1 AND h.request_id = $2
  ORDER BY h.state = 'voided' AND u.hold_id IS NULL, h.id DESC LIMIT 1"""
-_GROUP_KEYS = {"user": "user_id", "model": "model", "day": "to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"}
+# Pending holds, and those past their expiry by more than the ledger's grace (invariant 3, as
+# `creditgate verify` reads it): one scan of the partial index holds_due (pending holds only).
+_HOLD_COUNTS_SQL = """
+SELECT count(*) AS open,
+       count(*) FILTER (WHERE expires_at < creditgate.now() - (SELECT hold_grace FROM creditgate.ledger_settings))
+         AS overdue
+  FROM creditgate.holds WHERE state = 'pending'"""
+# Accounts running low: pools of active orgs that were ever granted credit, measured against what was
+# granted; allocations (a positive limit, active member of an active org) against the current period's
+# limit. "low" is under a tenth left (exhausted ones included), "exhausted" is nothing left. One pass
+# over pools and memberships, each allocation read by its primary key.
+_LOW_CREDIT_SQL = """
+WITH t AS (SELECT creditgate.now() AS now), accounts AS (
+  SELECT 'pool' AS account, p.granted AS base, p.granted - p.posted - p.overage - p.pending AS available
+    FROM creditgate.pools p JOIN creditgate.orgs o ON o.id = p.org_id
+   WHERE p.granted > 0 AND NOT o.suspended
+  UNION ALL
+  SELECT 'allocation', m.allocation_millicredits,
+         m.allocation_millicredits - coalesce(a.posted, 0) - coalesce(a.pending, 0)
+    FROM creditgate.memberships m JOIN creditgate.orgs o ON o.id = m.org_id CROSS JOIN t
+    LEFT JOIN creditgate.allocation_usage a ON a.org_id = m.org_id AND a.user_id = m.user_id
+         AND a.period_start = creditgate.period_start(m.allocation_period, t.now)
+   WHERE m.allocation_millicredits > 0 AND NOT m.suspended AND NOT o.suspended
+)
+SELECT account, count(*) FILTER (WHERE available * 10 < base) AS low,
+       count(*) FILTER (WHERE available <= 0) AS exhausted
+  FROM accounts GROUP BY account"""
+_GROUP_KEYS = {"user": "user_id", "model": "model", "day": "to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+               "price_version": "price_version"}
+# a journal entry of a request shows the price version of its hold (the newest one before it: a voided
+# request id may be reused), one probe of holds_request per entry
+_JOURNAL_SQL = """
+SELECT j.*, (SELECT h.price_version FROM creditgate.holds h
+              WHERE h.org_id = j.org_id AND h.request_id = j.request_id AND h.created_at <= j.created_at
+              ORDER BY h.id DESC LIMIT 1) AS price_version
+  FROM creditgate.journal j WHERE j.org_id = $1 AND ($2::text IS NULL OR j.user_id = $2)
+   AND ($3::bigint IS NULL OR j.id < $3) ORDER BY j.id DESC LIMIT $4"""
 
 
 def pool_row(r: asyncpg.Record) -> Row:
     balance = r["granted"] - r["posted"] - r["overage"]
     return {"balance": balance, "held": r["pending"], "available": max(0, balance - r["pending"]),
             "overage": r["overage"], "granted": r["granted"], "posted": r["posted"], "version": r["version"]}
+
+
+def allocation_row(r: asyncpg.Record, pool_available: int) -> Row:
+    """A member's allocation in millicredits: `limit` (null: unlimited within the pool), `used` (posted this
+    period), `held`, `available` (the pool's when unlimited), `period`, `resets_at` (null for "none")."""
+    used, held = r["used"] or 0, r["held"] or 0
+    available = pool_available if r["lim"] is None else max(0, r["lim"] - used - held)
+    return {"limit": r["lim"], "used": used, "held": held, "available": available, "period": r["period"],
+            "resets_at": r["resets_at"]}
 
 
 class LedgerQueries:
@@ -113,27 +169,28 @@ class LedgerQueries:
             raise ProxyError.not_found("org_not_found", f"No organization '{org_id}'.")
         r = rows[0]
         pool = pool_row(r)
-        used, held = r["used"] or 0, r["held"] or 0
-        available = pool["available"] if r["lim"] is None else max(0, r["lim"] - used - held)
         return {"org_id": org_id,
                 "pool": {"balance": pool["balance"], "held": pool["held"], "available": pool["available"]},
-                "allocation": {"limit": r["lim"], "used": used, "held": held, "available": available,
-                               "period": r["period"], "resets_at": r["resets_at"]}}
+                "allocation": allocation_row(r, pool["available"])}
+
+    async def allocations(self, org_id: str, user_id: str | None = None) -> dict[str, Row]:
+        """Each member's allocation this period by user id (one member's with `user_id`), in the shape and
+        with the numbers of their own GET /v1/credits `allocation`: what the admin API shows operators."""
+        rows = await self._fetch(_ALLOCATIONS_SQL, org_id, user_id)
+        return {r["user_id"]: allocation_row(r, pool_row(r)["available"]) for r in rows}
 
     async def entries(self, org_id: str, *, user_id: str | None, limit: int, after: str | None
                       ) -> tuple[Sequence[Row], bool]:
         """Journal entries, newest first; `after` is the last row's "id" (anything else is 400
         invalid_value: `after=abc` used to be ignored and answer the first page again)."""
         cursor = parse_serial_cursor(after)
-        rows = await self._fetch(
-            """SELECT * FROM creditgate.journal WHERE org_id = $1 AND ($2::text IS NULL OR user_id = $2)
-                  AND ($3::bigint IS NULL OR id < $3) ORDER BY id DESC LIMIT $4""",
-            org_id, user_id, cursor, limit + 1)
+        rows = await self._fetch(_JOURNAL_SQL, org_id, user_id, cursor, limit + 1)
         out = [{"id": str(r["id"]), "kind": r["kind"], "amount_millicredits": r["amount"],
                 "balance_delta": r["d_granted"] - r["d_posted"] - r["d_overage"], "held_delta": r["d_pending"],
                 "granted_delta": r["d_granted"], "posted_delta": r["d_posted"], "overage_delta": r["d_overage"],
                 "version": r["version"], "request_id": r["request_id"], "user_id": r["user_id"],
-                "actor": r["actor"], "reason": r["reason"], "created_at": r["created_at"]} for r in rows[:limit]]
+                "actor": r["actor"], "reason": r["reason"], "created_at": r["created_at"],
+                "price_version": r["price_version"]} for r in rows[:limit]]
         return out, len(rows) > limit
 
     async def usage(self, org_id: str, *, group_by: str, user_id: str | None, start: datetime | None,
@@ -141,7 +198,7 @@ class LedgerQueries:
         """Usage totals grouped by "user" | "model" | "day" (UTC calendar days)."""
         key = _GROUP_KEYS.get(group_by)
         if key is None:
-            raise ProxyError.invalid_value("group_by", "group_by must be one of: user, model, day.")
+            raise ProxyError.invalid_value("group_by", "group_by must be one of: user, model, day, price_version.")
         rows = await self._fetch(
             f"""SELECT {key} AS k, count(*) AS requests, sum(prompt_tokens)::bigint AS prompt_tokens,
                        sum(completion_tokens)::bigint AS completion_tokens, sum(charged)::bigint AS charged,
@@ -169,7 +226,8 @@ class LedgerQueries:
                 "completion_tokens": r["completion_tokens"] if settled else None,
                 "held_millicredits": r["amount"], "charged_millicredits": r["charged"] if settled else None,
                 "list_price_millicredits": r["list_price"] if settled else None,
-                "usage_source": r["usage_source"], "byok": r["byok"], "user_id": r["user_id"]}
+                "usage_source": r["usage_source"], "byok": r["byok"], "user_id": r["user_id"],
+                "price_version": r["price_version"]}
 
     async def provider_usage(self, org_id: str, user_id: str | None, provider: str) -> Row:
         """BYOK usage for one provider (user_id None = the whole org): requests, tokens, list price."""
@@ -183,6 +241,51 @@ class LedgerQueries:
         r = rows[0]
         return {"requests": r["requests"], "prompt_tokens": r["prompt_tokens"],
                 "completion_tokens": r["completion_tokens"], "list_price_millicredits": r["list_price"]}
+
+    async def hold_counts(self) -> tuple[int, int]:
+        """(pending holds, pending holds past expiry plus the ledger's grace), over all orgs: the holds-open
+        and holds-overdue gauges."""
+        r = (await self._fetch(_HOLD_COUNTS_SQL))[0]
+        return int(r["open"]), int(r["overdue"])
+
+    async def low_credit(self) -> dict[str, tuple[int, int]]:
+        """{"pool": (low, exhausted), "allocation": (low, exhausted)}: how many pools and allocations have
+        under 10% of their credit left (exhausted included), and how many have none (the low-credit gauges;
+        counts only, never which org)."""
+        counts = {"pool": (0, 0), "allocation": (0, 0)}
+        for r in await self._fetch(_LOW_CREDIT_SQL):
+            counts[r["account"]] = (int(r["low"]), int(r["exhausted"]))
+        return counts
+
+    # ------------------------------------------------------------ price versions (proxy/config/live.py)
+
+    async def record_price_version(self, version: str, prices: str) -> bool:
+        """Store a price version's table once (True when this call stored it); the same version with
+        another table is refused (a ValueError: never silently two tables for one name)."""
+        try:
+            return bool(await self._call("SELECT creditgate.record_price_version($1, $2)", version, prices,
+                                         retries=1))
+        except asyncpg.PostgresError as exc:
+            if getattr(exc, "sqlstate", None) == "CG409":
+                raise ValueError(f"price version {version} is already stored with another table") from None
+            raise
+
+    async def price_versions(self, *, limit: int, after: str | None) -> tuple[Sequence[Row], bool]:
+        """The stored price versions, newest first (`after`: the last row's "id")."""
+        rows = await self._fetch(
+            "SELECT id, version, created_at FROM creditgate.price_versions WHERE ($1::bigint IS NULL OR id < $1)"
+            " ORDER BY id DESC LIMIT $2", parse_serial_cursor(after), limit + 1)
+        out = [{"id": str(r["id"]), "version": r["version"], "created_at": r["created_at"]} for r in rows[:limit]]
+        return out, len(rows) > limit
+
+    async def price_version(self, version: str) -> Row | None:
+        """One version with its table (the canonical JSON text the version hashes), or None."""
+        rows = await self._fetch("SELECT id, version, prices, created_at FROM creditgate.price_versions "
+                                 "WHERE version = $1", version)
+        if not rows:
+            return None
+        r = rows[0]
+        return {"id": str(r["id"]), "version": r["version"], "created_at": r["created_at"], "prices": r["prices"]}
 
 
 def _credit_error(exc: asyncpg.PostgresError) -> ProxyError:

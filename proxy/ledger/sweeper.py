@@ -46,14 +46,24 @@ class Sweeper:
         return holds, grants
 
     async def run(self) -> None:
-        """Sweep forever; an unavailable ledger is logged and retried next interval."""
+        """Sweep forever; a failing sweep is retried next interval and logged once per change of state (an
+        unavailable or unmigrated database would otherwise log every interval)."""
+        failing: str | None = None
         while True:
             try:
                 await self.sweep_once()
-            except ProxyError:
-                log.warning("sweep skipped: the ledger is unavailable")
-            except Exception:
-                log.exception("sweep failed")
+            except ProxyError as exc:
+                if failing != exc.code:
+                    log.warning("sweeps skipped until the ledger answers: %s", exc.code)
+                failing = exc.code
+            except Exception as exc:
+                if failing != type(exc).__name__:
+                    log.exception("sweep failed; retried every interval, logged again when the failure changes")
+                failing = type(exc).__name__
+            else:
+                if failing is not None:
+                    log.info("sweeps resumed")
+                failing = None
             await asyncio.sleep(self._interval)
 
     def start(self) -> asyncio.Task[None]:

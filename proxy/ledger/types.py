@@ -31,6 +31,7 @@ class HoldRequest:
     output_rate: Decimal
     list_input_rate: Decimal
     list_output_rate: Decimal
+    price_version: str | None = None  # the prices it is held and settled at (proxy/config/live.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ import msgspec
 
 from proxy.api.operations import CALLER, OPERATIONS, Operation
 
-from .world import KEY_IDS, TARGET_A, A, World
+from .world import KEY_IDS, MEMBER_A, PRICES, TARGET_A, A, World
 
 GRANT = {"amount_millicredits": 5_000, "reason": "answers", "idempotency_key": "answers-1"}
 # (caller, method, path, body), in an order in which each succeeds
@@ -26,10 +26,14 @@ CALLS: list[tuple[str, str, str, Any]] = [
     ("admin_a", "GET", f"/admin/orgs/{A}/usage?group_by=user", None),
     ("admin_a", "GET", f"/admin/orgs/{A}/usage?group_by=model", None),
     ("admin_a", "GET", f"/admin/orgs/{A}/usage?group_by=day", None),
+    ("admin_a", "GET", f"/admin/orgs/{A}/usage?group_by=price_version", None),
     ("admin_a", "GET", f"/admin/orgs/{A}/ledger", None),
     ("admin_a", "GET", f"/admin/orgs/{A}/audit", None),
     ("operator", "GET", "/admin/audit", None),
+    ("operator", "GET", "/admin/price-versions", None),
+    ("operator", "GET", f"/admin/price-versions/{PRICES.version}", None),
     ("admin_a", "PUT", f"/admin/orgs/{A}/members/{TARGET_A}", {"allocation_millicredits": 5_000, "power_level": "eco"}),
+    ("admin_a", "GET", f"/admin/orgs/{A}/members/{MEMBER_A}", None),
     ("operator", "POST", "/admin/users", {"email": "new@lanes.test", "name": "New"}),
     ("operator", "GET", "/admin/users", None),
     ("admin_a", "POST", "/admin/keys", {"user_id": TARGET_A, "name": "answers"}),

@@ -31,6 +31,7 @@ EDGES = ["", " ", "\x00", "a\x00b", "\n", "\x7f", "\u0085", "\u00b2", "\u0661\u0
          "500", "501", "1e3", "9" * 40, "9223372036854775807", "9223372036854775808", "abc", "e5", "null", "[]",
          "0000-01-01T00:00:00Z", "99999-01-01T00:00:00Z", "2026-01-01T00:00:00+99:00", "0001-01-01T00:00:00+01:00",
          "9999-12-31T23:59:59-01:00", "2026-01-01T00:00:00Z", "2026-02-30T00:00:00Z", "model", "day", "user",
+         "price_version", "pv_0000000000000000",
          "org", "%00", "../../etc", A, B, TARGET_A, TARGET_B, LONER, MEMBER_A, "usr_missing", "org_missing",
          "key_target_a", "key_missing", "req-a1", "openai", "x" * 300]
 
@@ -63,12 +64,15 @@ GET_ROUTES = [
     ("GET", f"/admin/orgs/{A}/audit", PAGE), ("GET", "/admin/audit", [*PAGE, "org_id"]),
     ("GET", "/admin/users", [*PAGE, "email"]), ("GET", "/admin/keys", [*PAGE, "user_id", "org_id"]),
     ("DELETE", "/admin/keys/{id}", []), ("DELETE", "/admin/orgs/{id}/members/{id}", []),
+    ("GET", "/admin/orgs/{id}/members/{id}", []), ("GET", f"/admin/orgs/{A}/members/{{id}}", []),
+    ("GET", f"/admin/orgs/{A}/members/{TARGET_A}", []),
     ("GET", "/v1/credits", []), ("GET", "/v1/credits/history", PAGE), ("GET", "/api/v1/llm/credits/history", PAGE),
     ("GET", "/v1/usage", WINDOW), ("GET", "/api/v1/llm/usage", WINDOW), ("GET", "/v1/requests/{id}", []),
     ("GET", "/v1/models", []), ("GET", "/v1/models/{id}", []), ("GET", "/v1/models/categorized", []),
     ("GET", "/v1/byok/keys", []), ("GET", "/v1/byok/keys/{id}/usage", ["scope"]),
     ("GET", "/v1/byok/keys/openai/usage", ["scope"]), ("DELETE", "/v1/byok/keys/{id}", ["scope"]),
     ("POST", "/v1/byok/keys/{id}/test", ["scope"]), ("POST", "/v1/credits/purchase", []),
+    ("GET", "/admin/price-versions", PAGE), ("GET", "/admin/price-versions/{id}", []),
 ]
 # a value each body field accepts, so that one bad field meets otherwise good ones
 GOOD = {"name": "Acme", "tier": "free", "suspended": False, "amount_millicredits": 5, "reason": "fuzz",
@@ -179,7 +183,7 @@ USAGE_ROUTES = [("operator", f"/admin/orgs/{A}/usage"), ("admin_a", f"/admin/org
 
 @FUZZ
 @given(route=st.sampled_from(USAGE_ROUTES), start=st.none() | times(), end=st.none() | times(),
-       group_by=st.sampled_from(["model", "day", "user"]))
+       group_by=st.sampled_from(["model", "day", "user", "price_version"]))
 async def test_usage_windows(shared_world: World, route: tuple[str, str], start: str | None, end: str | None,
                              group_by: str) -> None:
     caller, path = route

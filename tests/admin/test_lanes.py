@@ -12,7 +12,7 @@ import pytest
 
 from proxy.errors import ProxyError
 
-from .world import ADMIN_A, LONER, MEMBER_A, TARGET_A, TARGET_B, A, B, World
+from .world import ADMIN_A, KEYS, LONER, MEMBER_A, TARGET_A, TARGET_B, A, B, World, hold
 
 
 def error(response: httpx.Response) -> tuple[int, str, str | None]:
@@ -160,6 +160,48 @@ async def test_org_admins_read_only_their_orgs_rows(world: World) -> None:
     assert b_usage.json() == {"data": [], "has_more": False}
     ledger = (await world.call("admin_a", "GET", f"/admin/orgs/{A}/ledger")).json()["data"]
     assert {e["user_id"] for e in ledger} == {MEMBER_A, None}
+
+
+async def test_an_org_admin_reads_a_members_allocation_as_the_member_sees_it(world: World) -> None:
+    """Used and remaining, in millicredits, the very numbers of the member's own GET /v1/credits, on
+    GET /admin/orgs/{org}/members/{user} and in GET /admin/orgs/{org}'s member list."""
+    await world.call("operator", "PUT", f"/admin/orgs/{A}/members/{MEMBER_A}", {"allocation_millicredits": 5_000})
+    await world.ledger.reserve(hold(A, MEMBER_A, "req-lane-held", 250))
+    own = (await world.call("member_a", "GET", "/v1/credits")).json()
+    assert own["allocation"] == {"limit": 5_000, "used": 700, "held": 250, "available": 4_050, "period": "none",
+                                 "resets_at": None}
+    for caller in ("admin_a", "operator"):
+        member = await world.call(caller, "GET", f"/admin/orgs/{A}/members/{MEMBER_A}")
+        assert member.status_code == 200
+        body = member.json()
+        assert (body["org_id"], body["user_id"], body["role"], body["allocation_millicredits"]) == (
+            A, MEMBER_A, "member", 5_000)
+        assert body["allocation"] == own["allocation"]
+        listed = {m["user_id"]: m["allocation"] for m in (await world.call(caller, "GET", f"/admin/orgs/{A}")).json()[
+            "members"]}
+        assert listed[MEMBER_A] == own["allocation"]
+        # no limit: the pool's available credit, as the member's own /v1/credits says
+        target = (await world.call("nobody", "GET", "/v1/credits", extra={
+            "authorization": f"Bearer {KEYS['target_a']}"})).json()
+        assert listed[TARGET_A] == target["allocation"] == {
+            "limit": None, "used": 0, "held": 0, "available": target["pool"]["available"], "period": "none",
+            "resets_at": None}
+
+
+async def test_an_org_admin_reads_only_their_orgs_members(world: World) -> None:
+    unknown = {"error": {"message": "That user is not a member of this organization.", "type": "not_found_error",
+                         "param": None, "code": "member_not_found"}}
+    for user in (TARGET_B, LONER, "usr_missing"):  # someone else's, nobody's, nobody: one answer
+        answer = await world.call("admin_a", "GET", f"/admin/orgs/{A}/members/{user}")
+        assert (answer.status_code, answer.json()) == (404, unknown)
+    assert error(await world.call("admin_a", "GET", f"/admin/orgs/{B}/members/{TARGET_B}")) == (
+        403, "not_a_member", None)
+    assert error(await world.call("member_a", "GET", f"/admin/orgs/{A}/members/{TARGET_A}")) == (
+        403, "admin_required", None)
+    assert error(await world.call("nobody", "GET", f"/admin/orgs/{A}/members/{TARGET_A}")) == (
+        401, "invalid_api_key", None)
+    assert error(await world.call("admin_a", "GET", f"/admin/orgs/{A}/members/not-an-id")) == (
+        400, "invalid_value", "user")
 
 
 async def test_the_audit_log_pages_each_row_once_in_order(world: World) -> None:

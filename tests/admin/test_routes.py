@@ -23,6 +23,7 @@ from .world import (
     KEY_IDS,
     LONER,
     MEMBER_A,
+    PRICES,
     TARGET_A,
     TARGET_B,
     A,
@@ -108,6 +109,20 @@ ADMIN_ROWS = [
     Row("audit A", "GET", f"/admin/orgs/{A}/audit", admin_of_a(200)),
     Row("audit B", "GET", f"/admin/orgs/{B}/audit", admin_of_b(200)),
     Row("audit of all", "GET", "/admin/audit", operator_only(200)),
+    Row("usage A by price version", "GET", f"/admin/orgs/{A}/usage?group_by=price_version", admin_of_a(200)),
+    Row("price versions", "GET", "/admin/price-versions", operator_only(200)),
+    Row("one price version", "GET", f"/admin/price-versions/{PRICES.version}", operator_only(200)),
+    Row("an unknown price version", "GET", "/admin/price-versions/pv_0000000000000000",
+        operator_only(404) | {"operator": (404, "price_version_not_found")}),
+    Row("read a member of A", "GET", f"/admin/orgs/{A}/members/{TARGET_A}", admin_of_a(200)),
+    Row("read a member of B", "GET", f"/admin/orgs/{B}/members/{TARGET_B}", admin_of_b(200)),
+    Row("read B's member through A", "GET", f"/admin/orgs/{A}/members/{TARGET_B}", admin_of_a(404) | {
+        "admin_a": MEMBER_NOT_FOUND, "operator": MEMBER_NOT_FOUND}),
+    Row("read an unknown user in A", "GET", f"/admin/orgs/{A}/members/usr_missing", admin_of_a(404) | {
+        "admin_a": MEMBER_NOT_FOUND, "operator": MEMBER_NOT_FOUND}),
+    Row("read a member of an unknown org", "GET", f"/admin/orgs/org_missing/members/{TARGET_A}",
+        {"member_a": NOT_A_MEMBER, "admin_a": NOT_A_MEMBER, "admin_b": NOT_A_MEMBER,
+         "operator": (404, "org_not_found")}),
     Row("change a member of A", "PUT", f"/admin/orgs/{A}/members/{TARGET_A}", admin_of_a(200),
         {"allocation_millicredits": 5_000, "power_level": "eco"}, audits=("member.put",)),
     Row("suspend a member of A", "PUT", f"/admin/orgs/{A}/members/{TARGET_A}", admin_of_a(200),
@@ -245,6 +260,7 @@ def _template(path: str) -> str:
                            (TARGET_B, "{user}"), (MEMBER_A, "{user}"), (LONER, "{user}"), ("usr_missing", "{user}"),
                            (KEY_IDS["target_a"], "{key}"), (KEY_IDS["target_b"], "{key}"), ("key_missing", "{key}"),
                            ("req-a1", "{request_id}"), ("req-b1", "{request_id}"), ("keys/openai", "keys/{provider}"),
-                           ("models/fake-small", "models/{model_id:path}")):
+                           ("models/fake-small", "models/{model_id:path}"), (PRICES.version, "{version}"),
+                           ("pv_0000000000000000", "{version}")):
         path = path.replace(concrete, name)
     return path

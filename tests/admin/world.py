@@ -28,6 +28,7 @@ from proxy.app import create_app
 from proxy.caller.common import identify_with
 from proxy.caller.routes import caller_routes
 from proxy.config.catalogue import load_catalogue
+from proxy.config.live import LiveConfig, Snapshot
 from proxy.config.policy import load_policy
 from proxy.config.settings import Secret, Settings
 from proxy.db.migrate import migrate
@@ -45,6 +46,8 @@ ADMIN_B, TARGET_B, LONER = "usr_admin_b", "usr_target_b", "usr_loner"
 GRANTED = 1_000_000
 ORG_BYOK_KEY = "sk-org-a-provider-key-4242"
 KEYBOX = KeyBox([Secret(Fernet.generate_key().decode())])
+# the shipped configuration's prices: the seeded requests were held and charged at them
+PRICES = Snapshot.of(load_policy(ROOT / "policy.yaml"), load_catalogue(ROOT / "litellm_config.yaml"))
 
 # who calls: their Authorization header (None: no header at all)
 KEYS = {
@@ -79,7 +82,7 @@ def hold(org: str, user: str, request_id: str, amount: int) -> HoldRequest:
     rate = Decimal("0.5")
     return HoldRequest(org_id=org, user_id=user, key_id="key_x", request_id=request_id, amount=amount,
                        model="fake-small", byok=False, prompt_tokens=10, input_rate=rate, output_rate=rate,
-                       list_input_rate=rate, list_output_rate=rate)
+                       list_input_rate=rate, list_output_rate=rate, price_version=PRICES.version)
 
 
 def spent(charge: int) -> Settlement:
@@ -116,6 +119,7 @@ async def seed(dsn: str) -> None:
         await conn.close()
     ledger = await PgLedger.connect(dsn, hold_ttl_seconds=120)
     try:
+        await ledger.record_price_version(PRICES.version, PRICES.prices)
         for org, user, rid in ((A, MEMBER_A, "req-a1"), (B, TARGET_B, "req-b1")):
             await ledger.grant(org, GRANTED, "seed", "seed-grant", None, "operator")
             await ledger.reserve(hold(org, user, rid, 900))
@@ -206,8 +210,8 @@ async def open_world(dsn: str) -> AsyncIterator[World]:
 
     identify = identify_with((Authenticate(DirectoryKeys(directory)), ResolveOrg(directory)))
     routes = [
-        *caller_routes(identify=identify, ledger=ledger, directory=directory, catalogue=catalogue, policy=policy,
-                       keybox=KEYBOX, probe=Probe(), created=0),
+        *caller_routes(identify=identify, ledger=ledger, directory=directory,
+                       config=LiveConfig(Snapshot.of(policy, catalogue)), keybox=KEYBOX, probe=Probe(), created=0),
         *admin_routes(directory, ledger, admin_token=Secret(TOKEN), lookup_key=directory.api_key,
                       on_revoke=on_revoke, tiers=[t.name for t in policy.tiers],
                       power_levels=[lv.name for lv in policy.power_levels]),

@@ -29,7 +29,7 @@ def test_every_error_body_is_the_declared_error(error: ProxyError) -> None:
 def test_the_request_record_and_credits_are_the_contracts_fields() -> None:
     assert answers.RequestRecord.__struct_fields__ == (
         "request_id", "status", "model", "prompt_tokens", "completion_tokens", "held_millicredits",
-        "charged_millicredits", "list_price_millicredits", "usage_source", "byok")
+        "charged_millicredits", "list_price_millicredits", "usage_source", "byok", "price_version")
     assert answers.Credits.__struct_fields__ == ("org_id", "pool", "allocation")
     assert answers.PoolCredit.__struct_fields__ == ("balance", "held", "available")
     assert answers.Allocation.__struct_fields__ == ("limit", "used", "held", "available", "period", "resets_at")

@@ -17,6 +17,7 @@ from proxy.api.operations import CLIENT, OPERATIONS, PATH_PARAMS
 from proxy.app import BILLED_ROUTES
 from proxy.caller.routes import caller_routes
 from proxy.config.catalogue import load_catalogue
+from proxy.config.live import LiveConfig, Snapshot
 from proxy.config.policy import load_policy
 from proxy.config.settings import Secret
 from proxy.directory.crypto import KeyBox
@@ -31,7 +32,8 @@ def mounted() -> set[tuple[str, str]]:
     unused: Any = SimpleNamespace(memberships=None)
     routes = [
         *caller_routes(identify=unused, ledger=unused, directory=unused,
-                       catalogue=load_catalogue(ROOT / "litellm_config.yaml"), policy=load_policy(ROOT / "policy.yaml"),
+                       config=LiveConfig(Snapshot.of(load_policy(ROOT / "policy.yaml"),
+                                                     load_catalogue(ROOT / "litellm_config.yaml"))),
                        keybox=KeyBox([Secret(Fernet.generate_key().decode())]), probe=unused, created=0),
         *admin_routes(unused, unused, admin_token=Secret("t" * 32), lookup_key=unused, on_revoke=unused,
                       tiers=TIERS, power_levels=POWER_LEVELS),
@@ -47,7 +49,7 @@ def mounted() -> set[tuple[str, str]]:
 def test_every_mounted_caller_and_admin_route_has_its_operation_and_no_other() -> None:
     documented = {(op.method, op.path) for op in OPERATIONS if op not in CLIENT}
     assert documented == mounted()
-    assert len(mounted()) == 31
+    assert len(mounted()) == 34
 
 
 def test_every_billed_route_is_documented() -> None:
@@ -78,7 +80,7 @@ def test_bodies_and_answers_are_declared_structs() -> None:
 def test_who_may_call_follows_the_contract() -> None:
     access = {op.operation_id: op.access for op in OPERATIONS}
     operator_only = {"createOrg", "listOrgs", "updateOrg", "grantCredits", "adjustCredits", "listAudit", "createUser",
-                     "listUsers"}
+                     "listUsers", "listPriceVersions", "getPriceVersion"}
     assert {op_id for op_id, who in access.items() if who == "operator"} == operator_only
     assert {op.operation_id for op in OPERATIONS if op.path.startswith("/admin/")} - operator_only == {
         op_id for op_id, who in access.items() if who == "org_admin"}

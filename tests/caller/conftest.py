@@ -22,6 +22,7 @@ from starlette.responses import Response
 from devstack import services
 from proxy.caller.routes import caller_routes
 from proxy.config.catalogue import Catalogue, load_catalogue
+from proxy.config.live import LiveConfig, Snapshot
 from proxy.config.policy import PolicyConfig, load_policy
 from proxy.config.settings import Secret
 from proxy.db.migrate import migrate
@@ -132,8 +133,9 @@ class Caller:
 async def caller(pool: asyncpg.Pool, catalogue: Catalogue, policy: PolicyConfig, keybox: KeyBox
                  ) -> AsyncIterator[Caller]:
     ledger, directory, probe = FakeLedger(), PgDirectory(pool), FakeProbe()
-    routes = caller_routes(identify=FakeIdentify(TOKENS), ledger=ledger, directory=directory, catalogue=catalogue,
-                           policy=policy, keybox=keybox, probe=probe, created=CREATED)
+    routes = caller_routes(identify=FakeIdentify(TOKENS), ledger=ledger, directory=directory,
+                           config=LiveConfig(Snapshot.of(policy, catalogue)), keybox=keybox, probe=probe,
+                           created=CREATED)
     app = Starlette(routes=routes, exception_handlers={ProxyError: render})
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http:
         yield Caller(http, ledger, directory, probe, keybox)

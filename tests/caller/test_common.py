@@ -16,6 +16,7 @@ from policies.org import ResolveOrg
 from proxy.caller.common import identify_with
 from proxy.caller.routes import caller_routes
 from proxy.config.catalogue import Catalogue
+from proxy.config.live import LiveConfig, Snapshot
 from proxy.config.policy import PolicyConfig
 from proxy.directory.crypto import KeyBox
 from proxy.directory.pg import PgDirectory
@@ -48,8 +49,9 @@ async def world(fresh_db: str, pool: asyncpg.Pool, catalogue: Catalogue, policy:
     bound = (await directory.create_key(user, "org_b", "ci", "operator"))["key"]
     ledger = await PgLedger.connect(fresh_db, hold_ttl_seconds=120)
     identify = identify_with((Authenticate(DirectoryKeys(directory)), ResolveOrg(directory)))
-    routes = caller_routes(identify=identify, ledger=ledger, directory=directory, catalogue=catalogue, policy=policy,
-                           keybox=keybox, probe=FakeProbe(), created=0)
+    routes = caller_routes(identify=identify, ledger=ledger, directory=directory,
+                           config=LiveConfig(Snapshot.of(policy, catalogue)), keybox=keybox, probe=FakeProbe(),
+                           created=0)
     app = Starlette(routes=routes, exception_handlers={ProxyError: render})
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http:
         yield World(http, directory, user, key, bound)

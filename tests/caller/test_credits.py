@@ -124,7 +124,7 @@ async def test_usage_rejects_bad_input(caller: Caller, query: str, expected: obj
 RECORD = {
     "request_id": "r1", "status": "settled", "model": "fake-small", "prompt_tokens": 11, "completion_tokens": 6,
     "held_millicredits": 90, "charged_millicredits": 4, "list_price_millicredits": 2, "usage_source": "provider",
-    "byok": False,
+    "byok": False, "price_version": "pv_0123456789abcdef",
 }
 
 

@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 
 from proxy.caller.routes import caller_routes
 from proxy.config.catalogue import Catalogue
+from proxy.config.live import LiveConfig, Snapshot
 from proxy.config.policy import PolicyConfig
 from proxy.directory.crypto import KeyBox
 from proxy.directory.pg import PgDirectory
@@ -28,11 +29,14 @@ from .fakes import FakeIdentify, FakeProbe
 GRANT = 1_000_000
 
 
+PRICE_VERSION = "pv_00000000000000aa"  # what the seeded holds were held at (the ledger records any version)
+
+
 def hold(user: str, rid: str, amount: int, *, model: str = "fake-small", byok: bool = False) -> HoldRequest:
     rate = Decimal("0.05")
     return HoldRequest(org_id="org_a", user_id=user, key_id="key_test", request_id=rid, amount=amount, model=model,
                        byok=byok, prompt_tokens=12, input_rate=rate, output_rate=rate, list_input_rate=rate,
-                       list_output_rate=rate)
+                       list_output_rate=rate, price_version=PRICE_VERSION)
 
 
 def spent(charge: int, list_price: int, *, model: str = "fake-small", prompt: int = 10, completion: int = 5
@@ -63,7 +67,8 @@ async def http(fresh_db: str, pool: asyncpg.Pool, catalogue: Catalogue, policy: 
     await ledger.void("org_a", "r-void")
     await ledger.reserve(hold("usr_bob", "r-bob", 300))
     routes = caller_routes(identify=FakeIdentify(TOKENS), ledger=ledger, directory=PgDirectory(pool),
-                           catalogue=catalogue, policy=policy, keybox=keybox, probe=FakeProbe(), created=0)
+                           config=LiveConfig(Snapshot.of(policy, catalogue)), keybox=keybox, probe=FakeProbe(),
+                           created=0)
     app = Starlette(routes=routes, exception_handlers={ProxyError: render})
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
         yield client
@@ -95,7 +100,8 @@ async def test_credits_show_the_pool_and_the_callers_allocation(http: httpx.Asyn
 async def test_request_records_follow_visibility(http: httpx.AsyncClient) -> None:
     settled = {"request_id": "r-alice", "status": "settled", "model": "fake-small", "prompt_tokens": 10,
                "completion_tokens": 5, "held_millicredits": 900, "charged_millicredits": 700,
-               "list_price_millicredits": 500, "usage_source": "provider", "byok": False}
+               "list_price_millicredits": 500, "usage_source": "provider", "byok": False,
+               "price_version": PRICE_VERSION}
     assert await get(http, "/v1/requests/r-alice") == (200, settled)
     assert await get(http, "/v1/requests/r-alice", "root") == (200, settled)
     assert await get(http, "/v1/requests/r-alice", "bob") == error(
@@ -105,7 +111,7 @@ async def test_request_records_follow_visibility(http: httpx.AsyncClient) -> Non
     assert await get(http, "/v1/requests/r-bob", "bob") == (200, {
         "request_id": "r-bob", "status": "pending", "model": "fake-small", "prompt_tokens": 12,
         "completion_tokens": None, "held_millicredits": 300, "charged_millicredits": None,
-        "list_price_millicredits": None, "usage_source": None, "byok": False})
+        "list_price_millicredits": None, "usage_source": None, "byok": False, "price_version": PRICE_VERSION})
     status, voided = await get(http, "/v1/requests/r-void")
     assert (status, voided["status"], voided["charged_millicredits"]) == (200, "voided", None)
     status, byok = await get(http, "/api/v1/llm/requests/r-byok")

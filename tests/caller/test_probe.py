@@ -16,6 +16,7 @@ from devstack import services
 from proxy.caller.probe import ACCEPTED, PLATFORM, RATE_LIMITED, REJECTED, UNREACHABLE, classify, litellm_probe
 from proxy.caller.routes import caller_routes
 from proxy.config.catalogue import Catalogue
+from proxy.config.live import LiveConfig, Snapshot
 from proxy.config.policy import PolicyConfig
 from proxy.config.settings import Secret
 from proxy.directory.crypto import KeyBox
@@ -93,7 +94,7 @@ async def test_the_test_route_through_the_real_litellm(
     # the app hands over a getter: its aiohttp session only exists once the lifespan opened it
     probe = litellm_probe(lambda: session, litellm.url, Secret(services.MASTER_KEY))
     routes = caller_routes(identify=FakeIdentify(TOKENS), ledger=FakeLedger(), directory=PgDirectory(pool),
-                           catalogue=catalogue, policy=policy, keybox=keybox, probe=probe, created=0)
+                           config=LiveConfig(Snapshot.of(policy, catalogue)), keybox=keybox, probe=probe, created=0)
     app = Starlette(routes=routes, exception_handlers={ProxyError: render})
     good, bad = f"sk-route-valid-{secrets.token_hex(6)}", f"sk-reject-route-{secrets.token_hex(6)}"
     auth = {"Authorization": "Bearer root"}

@@ -14,6 +14,7 @@ from devstack import services
 from proxy.app import create_app
 from proxy.caller.routes import caller_routes
 from proxy.config.catalogue import Catalogue
+from proxy.config.live import LiveConfig, Snapshot
 from proxy.config.policy import PolicyConfig
 from proxy.config.settings import Secret, Settings
 from proxy.directory.crypto import KeyBox
@@ -35,7 +36,8 @@ async def http(pool: asyncpg.Pool, catalogue: Catalogue, policy: PolicyConfig, k
         policy_config=ROOT / "policy.yaml",
     )
     routes = caller_routes(identify=FakeIdentify(TOKENS), ledger=FakeLedger(), directory=PgDirectory(pool),
-                           catalogue=catalogue, policy=policy, keybox=keybox, probe=FakeProbe(), created=7)
+                           config=LiveConfig(Snapshot.of(policy, catalogue)), keybox=keybox, probe=FakeProbe(),
+                           created=7)
     app = create_app(settings, policies=(), routes=routes)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
         yield client

@@ -4,6 +4,7 @@ Redis down every lookup goes to the directory (PostgreSQL) instead of the cache.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -72,7 +73,9 @@ async def test_unknown_keys_are_not_cached(replicas: tuple[FakeDirectory, KeyCac
     assert await a.get("b" * 64) == KEY
 
 
-async def test_redis_down_means_every_lookup_reads_postgres() -> None:
+async def test_redis_down_means_every_lookup_reads_postgres(caplog: pytest.LogCaptureFixture) -> None:
+    """...and the log says so once when the subscription is lost and once when it is back, not at every retry."""
+    caplog.set_level(logging.INFO, logger="creditgate.keycache")
     redis = services.start_redis()
     directory = FakeDirectory()
     directory.keys[HASH] = KEY
@@ -100,6 +103,11 @@ async def test_redis_down_means_every_lookup_reads_postgres() -> None:
     finally:
         await cache.stop()
         redis.stop()
+    messages = [r.getMessage() for r in caplog.records if r.name == "creditgate.keycache"]
+    assert messages[0] == "revocation subscription established" and messages[-1] == messages[0]
+    lost = [m for m in messages if m.startswith("revocation subscription lost")]
+    assert len(lost) == 1 and lost[0].startswith("revocation subscription lost, keys are read from PostgreSQL")
+    assert messages.count("revocation subscription established") == 2
 
 
 async def test_postgres_unreachable_fails_closed(redis_server: services.Service) -> None:

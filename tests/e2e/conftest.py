@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import secrets
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,12 +67,16 @@ def write_policy(directory: Path, **overrides: Any) -> Path:
 def start_gateway(pg: services.Service, redis_server: services.Service, litellm: services.Service,
                   fake_provider: services.Service, *, name: str, workers: int = 1, policy: Path | None = None,
                   database_url: str | None = None, env: dict[str, str] | None = None) -> Gateway:
-    tmp = Path(tempfile.mkdtemp(prefix="creditgate-e2e-"))
+    tmp = services.scratch("e2e-")
     config = services.render_litellm_config(fake_provider.url, tmp / "litellm_config.yaml")
     if database_url is None:
         database_url = services.create_database(pg.url, name)
         migrate(database_url)
-    full_env = env or gateway_env(database_url, redis_server.url, litellm.url, litellm_config=config, policy=policy)
+    # each gateway its own spool directory (a restart given the same `env` reuses it, as a pod's volume)
+    # no unready grace: nothing routes by readiness here, so a gateway stops (SIGTERM) without waiting for it
+    full_env = env or gateway_env(database_url, redis_server.url, litellm.url, litellm_config=config, policy=policy,
+                                  extra={"CREDITGATE_SPOOL_DIR": str(tmp / "spool"),
+                                         "CREDITGATE_UNREADY_GRACE_SECONDS": "0"})
     svc = services.start_gateway(full_env, workers=workers)
     return Gateway(svc, full_env, AdminClient(svc.url, full_env["CREDITGATE_ADMIN_TOKEN"]))
 

@@ -61,6 +61,8 @@ def test_member_with_allocation_calls_and_is_charged_with_attribution(gateway: G
     held = int(raw.headers["x-credits-held"])
     assert held >= charge
     record = settled(member, "attr-1")
+    version = record.pop("price_version")  # the prices it was charged at, stored for the operator to read
+    assert gateway.admin.get(f"/admin/price-versions/{version}")["version"] == version
     assert record == {
         "request_id": "attr-1", "status": "settled", "model": "fake-gpt-4o-mini",
         "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,

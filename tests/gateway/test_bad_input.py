@@ -105,7 +105,8 @@ def test_health_readiness_and_metrics(http: httpx.Client, start_gateway: Gateway
     live = http.get("/healthz")
     assert (live.status_code, live.json()) == (200, {"status": "ok"})
     ready = http.get("/readyz")
-    assert (ready.status_code, ready.json()) == (200, {"status": "ready", "checks": {"litellm": "ok"}})
+    assert (ready.status_code, ready.json()) == (200, {"status": "ready",
+                                                       "checks": {"litellm": "ok", "draining": "ok"}})
 
     async def database() -> None:
         raise OSError("connection refused to postgresql://secret@db")
@@ -114,7 +115,10 @@ def test_health_readiness_and_metrics(http: httpx.Client, start_gateway: Gateway
     with broken.http() as other:
         resp = other.get("/readyz")
     assert (resp.status_code, resp.json()) == (503, {"status": "unavailable",
-                                                     "checks": {"litellm": "failed", "database": "failed"}})
+                                                     "checks": {"litellm": "failed", "database": "failed",
+                                                                "draining": "ok"},
+                                                     "details": {"litellm": "upstream_unreachable",
+                                                                 "database": "OSError"}})
     assert "x-request-id" in resp.headers
     http.post("/v1/chat/completions", content=b"nope")
     assert http.post("/v1/chat/completions", json=chat()).status_code == 200

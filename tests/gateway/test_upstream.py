@@ -8,8 +8,9 @@ import orjson
 import pytest
 
 from proxy.config.settings import Secret
+from proxy.errors import ProxyError
 from proxy.gateway.context import RequestContext
-from proxy.gateway.upstream import Upstream, upstream_body
+from proxy.gateway.upstream import NotOpen, Upstream, upstream_body
 from tests.gateway.conftest import make_settings
 
 
@@ -35,11 +36,15 @@ def test_a_member_key_goes_at_the_top_level_and_embeddings_keep_their_own_fields
 
 
 async def test_the_session_exists_between_open_and_close() -> None:
+    """Outside the lifespan the hop fails as the contract's 502, never a 500."""
     upstream = Upstream(make_settings("http://127.0.0.1:9"))
-    with pytest.raises(RuntimeError, match="open"):
+    with pytest.raises(NotOpen, match="open"):
         _ = upstream.session
+    with pytest.raises(ProxyError) as closed:
+        await upstream.post("/v1/chat/completions", b"{}", traceparent=f"00-{'a' * 32}-{'b' * 16}-01")
+    assert (closed.value.status, closed.value.code) == (502, "upstream_failed")
     await upstream.open()
     assert not upstream.session.closed
     await upstream.close()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(NotOpen):
         _ = upstream.session

@@ -77,7 +77,7 @@ async def test_void_releases_and_id_may_be_reused(org: PgLedger, db: asyncpg.Con
     assert await org.request(ORG, "r1") == {
         "request_id": "r1", "status": "voided", "model": "fake-small", "prompt_tokens": 10,
         "completion_tokens": None, "held_millicredits": 400, "charged_millicredits": None,
-        "list_price_millicredits": None, "usage_source": None, "byok": False, "user_id": U2}
+        "list_price_millicredits": None, "usage_source": None, "byok": False, "user_id": U2, "price_version": None}
     await org.reserve(hold(ORG, U2, "r1", 450))  # a voided id may be reused
     await org.settle(ORG, "r1", usage(30))
     await org.void(ORG, "r1")  # never voids a posted hold

@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from policies.credits import ReserveCredits
+from policies.settlement import unavailable
 from proxy.config.catalogue import Catalogue
 from proxy.config.policy import PolicyConfig
 from proxy.errors import ProxyError
 from proxy.gateway.context import RequestContext, Usage
 from proxy.gateway.tokens import TokenCounter
-from proxy.ledger.types import Settlement
+from proxy.ledger.spool import Spool
+from proxy.ledger.types import Settlement, SettleResult
 from tests.fakes import FakeLedger
 from tests.policies.policy_support import (
     MESSAGES,
@@ -248,3 +253,101 @@ async def test_non_stream_client_gone_past_the_drain_bound_is_charged_the_prompt
     assert (settlement.usage_source, settlement.prompt_tokens, settlement.completion_tokens, ledger.voided) == (
         "estimate", ctx.prompt_tokens, 0, [])
     assert settlement.charge == expected(PRICES["fake-medium"], ctx.prompt_tokens, 0, "starter", "balanced")
+
+
+# ------------------------------------------------------------------ the spool (proxy/ledger/spool.py)
+
+
+@pytest.fixture
+async def spool(tmp_path: Path) -> AsyncIterator[Spool]:
+    s = Spool(tmp_path, "0123456789ab", retry_seconds=0.2)
+    await s.open()
+    yield s
+    await s.close()
+
+
+def spooling(ledger: FakeLedger, policy: PolicyConfig, catalogue: Catalogue, counter: TokenCounter,
+             records: Records, spool: Spool) -> ReserveCredits:
+    return credits_for(ledger, policy, catalogue, counter, records, spool=spool)
+
+
+async def test_ledger_down_with_a_spool_spools_the_settlement_and_answers(
+    ledger: FakeLedger, policy: PolicyConfig, catalogue: Catalogue, counter: TokenCounter, records: Records,
+    spool: Spool, caplog: pytest.LogCaptureFixture,
+) -> None:
+    ledger.unavailable = 10**6
+    credits = spooling(ledger, policy, catalogue, counter, records, spool)
+    ctx = await chat(policy, catalogue)
+    counter.warm()  # the first tokenization loads the encoding: not what is timed here
+    started = asyncio.get_running_loop().time()
+    with caplog.at_level(logging.WARNING, logger="creditgate.credits"):
+        await run(credits, ctx, answered(Usage(10, 20)))
+    # retried within the spool's window (0.2 s), not the ledger's 2 s: a non-stream client is not held for the
+    # whole outage
+    assert 0.1 <= asyncio.get_running_loop().time() - started < 1.0
+    charge = expected(PRICES["fake-medium"], 10, 20, "starter", "balanced")
+    settlement = Settlement(10, 20, charge, expected(PRICES["fake-medium"], 10, 20, "free", None), "provider",
+                            "fake-medium", "openai", None)
+    assert records == [("spooled", settlement)] and ledger.settled == []
+    assert {k: v for k, v in ctx.response_headers.items() if k.startswith("X-Credits-")} == {
+        "X-Credits-Held": str(ctx.hold.amount if ctx.hold else None), "X-Credits-Charged": str(charge)}
+    ((entry,),) = [spool.pending()]
+    assert (entry.op, entry.org_id, entry.request_id, entry.settlement) == ("settle", "org_a", "req_test", settlement)
+    context = orjson.loads(entry.line)["context"]
+    assert context == {
+        "user_id": "usr_1", "key_id": "key_1", "route": "chat/completions", "stream": False, "failure": None,
+        "byok": False, "held_millicredits": ctx.hold.amount if ctx.hold else None,
+        "price": {"input_cost_per_token": PRICES["fake-medium"][0], "output_cost_per_token": PRICES["fake-medium"][1],
+                  "output_cost_per_image": None},
+        "factor": "0.35", "credits_per_usd": "1000",
+    }
+    assert caplog.messages == ["ledger unavailable: the settlement of request req_test is spooled for replay"]
+
+
+async def test_a_void_the_ledger_cannot_take_is_spooled_too(
+    ledger: FakeLedger, policy: PolicyConfig, catalogue: Catalogue, counter: TokenCounter, records: Records,
+    spool: Spool,
+) -> None:
+    ledger.unavailable = 10**6
+    credits = spooling(ledger, policy, catalogue, counter, records, spool)
+    ctx = await chat(policy, catalogue, stream=True)
+
+    async def unreachable(ctx: RequestContext) -> None:
+        ctx.failure = "upstream_unreachable"
+
+    await run(credits, ctx, unreachable)
+    assert records == [("spooled", None)] and "X-Credits-Charged" not in ctx.response_headers
+    assert [(e.op, e.request_id, e.settlement) for e in spool.pending()] == [("void", "req_test", None)]
+
+
+async def test_a_spool_that_cannot_be_written_leaves_the_hold_to_the_sweeper(
+    ledger: FakeLedger, policy: PolicyConfig, catalogue: Catalogue, counter: TokenCounter, records: Records,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    ledger.unavailable = 10**6
+    closed = Spool(tmp_path, "0123456789ab", retry_seconds=0.1)  # never opened
+    credits = spooling(ledger, policy, catalogue, counter, records, closed)
+    ctx = await chat(policy, catalogue)
+    with caplog.at_level(logging.ERROR, logger="creditgate.credits"):
+        await run(credits, ctx, answered(Usage(10, 20)))
+    assert [r[0] for r in records] == ["failed"] and "X-Credits-Charged" not in ctx.response_headers
+    assert caplog.messages == [
+        "could not spool the settlement of request req_test: RuntimeError",
+        "settlement failed; the sweeper will settle request req_test at expiry: ProxyError",
+    ]
+
+
+async def test_only_an_unreachable_ledger_is_spooled(
+    ledger: FakeLedger, policy: PolicyConfig, catalogue: Catalogue, counter: TokenCounter, records: Records,
+    spool: Spool, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def conflict(*_: object) -> SettleResult:
+        raise ProxyError(409, "conflict_error", "request_id_in_use", "settled with another charge")
+
+    monkeypatch.setattr(ledger, "settle", conflict)
+    credits = spooling(ledger, policy, catalogue, counter, records, spool)
+    ctx = await chat(policy, catalogue)
+    await run(credits, ctx, answered(Usage(10, 20)))
+    assert [r[0] for r in records] == ["failed"] and spool.pending() == []
+    assert unavailable(ProxyError.ledger_unavailable()) and unavailable(ConnectionRefusedError())
+    assert not unavailable(ProxyError.not_found("request_not_found", "x")) and not unavailable(ValueError())
