@@ -488,8 +488,11 @@ def test_grant_expiry_during_holds_matches_model(env: Env) -> None:
     run_state_machine_as_test(make_machine(env, expiry_focus=True), settings=settings(
         max_examples=100, stateful_step_count=50, deadline=None, derandomize=True, database=None,
         suppress_health_check=list(HealthCheck)))
+    # "forfeit_more" (a late charge below the sweeper's estimate) is reached here only when the burst's group
+    # commits interleave one way, which depends on timing; test_grant_expiry.py's
+    # test_sweeper_expiry_after_grant_expiry pins that path exactly instead.
     assert {"grant_expired_while_held", "forfeit_on_settle", "forfeit_on_void", "forfeit_on_expire",
-            "forfeit_restored", "forfeit_more", "correction", "late_posted", "burst"} <= set(env.seen), env.seen
+            "forfeit_restored", "correction", "late_posted", "burst"} <= set(env.seen), env.seen
 
 
 @pytest.mark.parametrize(("function", "correct", "planted", "expiry_focus"), [
