@@ -20,11 +20,13 @@ from policies.credits import Balances, ReserveCredits
 from policies.model import RewriteModel
 from policies.org import ResolveOrg
 from policies.ratelimit import RateLimit
+from policies.responses import OwnResponses
 from policies.settlement import Record
 from proxy.config.catalogue import Catalogue
 from proxy.config.live import LiveConfig
 from proxy.config.policy import PolicyConfig
 from proxy.directory.crypto import KeyBox
+from proxy.directory.responses import ResponseOwners
 from proxy.directory.types import Directory
 from proxy.gateway.context import Policy
 from proxy.gateway.tokens import TokenCounter
@@ -34,6 +36,7 @@ from proxy.ledger.types import Ledger
 __all__ = [
     "Authenticate",
     "InjectProviderKey",
+    "OwnResponses",
     "PinConfig",
     "RateLimit",
     "ReserveCredits",
@@ -59,6 +62,7 @@ def default_policies(
     unenforced: Callable[[str], None] | None = None,
     spool: Spool | None = None,
     live: LiveConfig | None = None,
+    responses: ResponseOwners | None = None,
 ) -> tuple[Policy, ...]:
     """The chain. `keys` is a `proxy.keycache.KeyCache`; `record(outcome, settlement)` counts
     settlements for the metrics (see policies.settlement.Record); `on_overage(model, millicredits)` counts
@@ -69,7 +73,8 @@ def default_policies(
     object in two places: its rpm runs before the body, its tpm inside ReserveCredits once the request's
     token bound is known (`limit_tokens`), before the money is held. `spool` keeps the settlements an
     unreachable ledger could not take (proxy/ledger/spool.py). With `live` every request is pinned to its
-    current snapshot first (PinConfig); without it, to `policy` and `catalogue`."""
+    current snapshot first (PinConfig); without it, to `policy` and `catalogue`. With `responses` a
+/v1/responses caller reaches only their own stored responses (OwnResponses: `previous_response_id`)."""
     limit = RateLimit(policy, redis, unenforced=unenforced) if redis is not None else None
     return (
         *((PinConfig(live),) if live is not None else ()),
@@ -78,6 +83,7 @@ def default_policies(
         *((limit,) if limit is not None else ()),
         RewriteModel(policy, catalogue),
         InjectProviderKey(directory, catalogue, keybox),
+        *((OwnResponses(responses),) if responses is not None else ()),
         ReserveCredits(ledger, policy, catalogue, counter, record=record, on_overage=on_overage,
                        balances=balances, limit_tokens=limit.reserve_tokens if limit is not None else None,
                        spool=spool),

@@ -6,6 +6,12 @@ prompts, at the HIGHEST price among the model's deployments, with markup and mul
 are held by prompt, images by `n` times the per-image price. BYOK holds 0 (still reserved: the
 request id is tracked and the list price recorded). An unpriced model is 403 unless BYOK.
 
+Once the prompt is counted, `auto` moves to the level's next model when its context window cannot take the
+prompt bound plus the output cap. A hold the pool or the allocation refuses (402) is retried at lower
+power levels only when the request asked (`X-Power-Fallback: downgrade`) or its tier's policy says so:
+one reserve per level, nearest first, in this same call (policies/fit.py); the answer names the level that
+served it in `X-Power-Level-Served` (on every admitted request).
+
 Settlement (policies/settlement.py) runs once, from `ctx.cleanup` (which the passthrough closes before it
 sends a non-stream answer, so its headers carry the charge), shielded from cancellation; a renewal
 timer checkpoints the hold meanwhile.
@@ -20,11 +26,12 @@ from decimal import Decimal
 from typing import Any
 
 from policies.config import pinned
-from policies.model import OUTPUT_CAPS
+from policies.fit import AUTO, REFUSALS_DOWNGRADED, choose_auto, fits, lower_model
+from policies.model import OUTPUT_CAPS, serve_at
 from policies.settlement import IMAGES, Books, Record, Settle, requested
 from proxy.config.catalogue import Catalogue, Model, Price
 from proxy.config.live import Snapshot
-from proxy.config.policy import PolicyConfig
+from proxy.config.policy import PolicyConfig, Tier
 from proxy.errors import ProxyError
 from proxy.gateway.context import OutputMeter, RequestContext
 from proxy.gateway.tokens import TokenCounter, bound, large_prompt, prompt_count
@@ -73,28 +80,51 @@ class ReserveCredits:
         self._rate_cache: dict[tuple[Price, Decimal, Decimal], tuple[tariffs.Rates, tariffs.Rates]] = {}
 
     async def __call__(self, ctx: RequestContext) -> None:
-        key, member = ctx.require_key(), ctx.require_membership()
+        member = ctx.require_membership()
         config = pinned(ctx, self._config)  # held here, settled by Settle at these same prices
-        cpu = config.policy.credits_per_usd
         model = config.catalogue.get(ctx.model or "")
         tier = config.policy.tier(member.org_tier)
         if model is None or tier is None:
             raise RuntimeError("RewriteModel must run before ReserveCredits")
         if not model.priced_for(ctx.route) and not ctx.byok:
             raise ProxyError.permission("model_not_priced", f"The model '{model.name}' has no price configured.")
-        factor = tariffs.factor(tier.markup, ctx.multiplier)
-        tariff = self.books.tariff(model.highest, factor, cpu)
         large = large_prompt(ctx.body)
-        if large and not ctx.byok and self._balances is not None:
+        if large and not ctx.byok and self._balances is not None and not ctx.downgrade:
             # tokenizing megabytes costs CPU every tenant shares: first make sure the hold could fit at all
+            # (not when a lower level may serve it: the reserve at each level decides)
+            tariff = self.books.tariff(model.highest, tariffs.factor(tier.markup, ctx.multiplier),
+                                       config.policy.credits_per_usd)
             await self._affordable(member.org_id, member.user_id, tariff.charge(*_bound_units(ctx)))
         ctx.prompt_tokens = await self._counter.prompt_tokens_async(ctx.route, ctx.body, large=large)
         if ctx.meter.chunks == 0:  # count streamed output with the same tokenizer as the prompt
             ctx.meter = OutputMeter(self._counter.count)
+        model = _fit_window(ctx, config, tier, model)
         units = _bound_units(ctx)
         if self._limit_tokens is not None:
             await self._limit_tokens(ctx, units[0] + units[1])  # refused here, nothing is held
-        amount = 0 if ctx.byok else tariff.charge(*units)
+        try:
+            factor = await self._hold(ctx, config, model, tier.markup)
+        except ProxyError as refusal:
+            if refusal.code not in REFUSALS_DOWNGRADED or not ctx.downgrade or ctx.byok:
+                raise
+            model, factor = await self._downgrade(ctx, config, tier, refusal)
+        assert ctx.hold is not None
+        ctx.response_headers["X-Credits-Held"] = str(ctx.hold.amount)
+        if ctx.power_level is not None:
+            ctx.response_headers["X-Power-Level-Served"] = ctx.power_level
+        settle = Settle(self.books, ctx, model, factor)
+        ctx.cleanup.push_async_callback(settle)
+        # every request, not only streams: a non-stream answer may take longer than the hold's TTL
+        # (upstream timeout 600 s vs 120 s), and an expired hold would free credit still being spent.
+        # Pushed after the settle step, so it stops first.
+        ctx.cleanup.callback(self._renew(ctx, ctx.hold))
+
+    async def _hold(self, ctx: RequestContext, config: Snapshot, model: Model, markup: Decimal) -> Decimal:
+        """Reserve the request's bound for `model` at ctx's multiplier; sets ctx.hold, returns the factor."""
+        key, member = ctx.require_key(), ctx.require_membership()
+        cpu = config.policy.credits_per_usd
+        factor = tariffs.factor(markup, ctx.multiplier)
+        amount = 0 if ctx.byok else self.books.tariff(model.highest, factor, cpu).charge(*_bound_units(ctx))
         rates, listed = self._rates(model, Decimal(0) if ctx.byok else factor, cpu)
         request = HoldRequest(
             org_id=member.org_id,
@@ -112,13 +142,33 @@ class ReserveCredits:
             price_version=config.version,
         )
         ctx.hold = await self.ledger.reserve(request)  # a cancelled reserve leaves no hold (Ledger)
-        ctx.response_headers["X-Credits-Held"] = str(ctx.hold.amount)
-        settle = Settle(self.books, ctx, model, factor)
-        ctx.cleanup.push_async_callback(settle)
-        # every request, not only streams: a non-stream answer may take longer than the hold's TTL
-        # (upstream timeout 600 s vs 120 s), and an expired hold would free credit still being spent.
-        # Pushed after the settle step, so it stops first.
-        ctx.cleanup.callback(self._renew(ctx, ctx.hold))
+        return factor
+
+    async def _downgrade(self, ctx: RequestContext, config: Snapshot, tier: Tier,
+                         refusal: ProxyError) -> tuple[Model, Decimal]:
+        """The hold did not fit at the asked level: one reserve at each lower level that can serve the
+        request, nearest first (policies/fit.py). Returns the model and factor it was held at; the last
+        refusal when none fits, with the request's level and model as they were asked."""
+        policy = config.policy
+        asked = policy.level(ctx.power_level or "")
+        if asked is None or ctx.asked_model is None:
+            raise refusal
+        before = (ctx.power_level, ctx.model, ctx.multiplier, ctx.provider)
+        tokens = _window_tokens(ctx)
+        for level in policy.lower_levels(asked):
+            model = lower_model(config.catalogue, asked, level, tier, ctx.route, ctx.asked_model, ctx.body, tokens)
+            if model is None:
+                continue
+            try:
+                serve_at(ctx, policy, level, model)
+                return model, await self._hold(ctx, config, model, tier.markup)
+            except ProxyError as exc:
+                if exc.code in REFUSALS_DOWNGRADED:
+                    refusal = exc
+                elif exc.code != "invalid_value":  # a body the lower model cannot take: not this level
+                    raise
+        ctx.power_level, ctx.model, ctx.multiplier, ctx.provider = before
+        raise refusal
 
     async def _affordable(self, org_id: str, user_id: str, floor: int) -> None:
         """402 when the pool or the allocation cannot cover `floor`, the hold without its prompt (which
@@ -180,12 +230,37 @@ class ReserveCredits:
 
 
 
+def _fit_window(ctx: RequestContext, config: Snapshot, tier: Tier, model: Model) -> Model:
+    """`auto` once the prompt is counted: a model whose context window cannot take the prompt bound plus
+    the output cap gives way to the level's next one that can, or 400 (policies/fit.py). Not for a
+    member's own key (whose key pays was decided for this model) nor a continued conversation (its
+    prompt bound is the window itself)."""
+    tokens = _window_tokens(ctx)
+    if ctx.asked_model != AUTO or ctx.byok or ctx.prompt_floor or fits(model, tokens):
+        return model
+    level = config.policy.level(ctx.power_level or "")
+    if level is None:
+        return model
+    chosen = choose_auto(config.catalogue, level, tier, ctx.route, ctx.body, tokens)
+    serve_at(ctx, config.policy, level, chosen)
+    return chosen
+
+
+def _window_tokens(ctx: RequestContext) -> int | None:
+    """What one answer takes of a context window: the prompt bound plus the output cap (None: images)."""
+    if ctx.route == IMAGES:
+        return None
+    caps = [ctx.body[name] for name in OUTPUT_CAPS if isinstance(ctx.body.get(name), int)]
+    return max(bound(ctx.prompt_tokens), ctx.prompt_floor) + max(caps, default=0)
+
+
 def _bound_units(ctx: RequestContext) -> tuple[int, int, int]:
     """The most (prompt tokens, completion tokens, images) this request can be billed for."""
     body = ctx.body
     if ctx.route == IMAGES:
         return 0, 0, requested(body, "n")
-    prompt = bound(ctx.prompt_tokens)
+    # a continued conversation (/responses previous_response_id): at least the model's context window
+    prompt = max(bound(ctx.prompt_tokens), ctx.prompt_floor)
     if ctx.route == "embeddings":
         return prompt, 0, 0
     caps = [body[name] for name in OUTPUT_CAPS if isinstance(body.get(name), int)]

@@ -2,9 +2,9 @@
 import and nothing is attached after construction.
 
 Routes (CONTRACT.md, Client API), under `/v1` and `/api/v1/llm`: POST chat/completions, completions,
-embeddings, images/generations (the billed passthrough, raw ASGI); the caller's and the operator's JSON
-APIs; GET models and models/{id}; `/healthz`, `/readyz`, `/metrics`, `/openapi.json` and `/docs`. `routes` given to
-create_app come first, so a route there replaces a default one. Any other route or method is 404
+embeddings, images/generations, responses (the billed passthrough, raw ASGI); the caller's and the operator's
+JSON APIs; GET models and models/{id}; `/healthz`, `/readyz`, `/metrics`, `/openapi.json` and `/docs`.
+`routes` given to create_app come first, so a route there replaces a default one. Any other route or method is 404
 `route_not_found` (a trailing slash included): nothing passes through unbilled.
 
 Everything that holds a connection or a task is a `Part` (`open()` / `close()`); the lifespan opens them
@@ -35,8 +35,9 @@ from policies.org import ResolveOrg
 from policies.ratelimit import redis_client as rate_limit_redis
 from proxy.admin.routes import admin_routes
 from proxy.api.openapi import openapi_routes
-from proxy.caller.common import identify_with
+from proxy.caller.common import checked, identify_with
 from proxy.caller.probe import litellm_probe
+from proxy.caller.responses import response_routes
 from proxy.caller.routes import caller_routes
 from proxy.config.catalogue import Catalogue, check_policy, load_catalogue
 from proxy.config.live import LiveConfig, Snapshot
@@ -49,6 +50,7 @@ from proxy.directory.crypto import KeyBox
 from proxy.directory.keycache import KeyCache
 from proxy.directory.membership_cache import CachedMemberships
 from proxy.directory.pg import PgDirectory
+from proxy.directory.responses import PgResponseOwners
 from proxy.errors import ProxyError
 from proxy.gateway.context import Policy
 from proxy.gateway.headers import client_response_headers
@@ -69,7 +71,7 @@ from proxy.tasks import cancel
 
 log = logging.getLogger("creditgate.app")
 PREFIXES = ("/v1", "/api/v1/llm")
-BILLED_ROUTES = ("chat/completions", "completions", "embeddings", "images/generations")
+BILLED_ROUTES = ("chat/completions", "completions", "embeddings", "images/generations", "responses")
 LOW_CREDIT_SECONDS = 15.0  # the low-credit gauges read every pool and membership: not every sweep interval
 
 
@@ -191,6 +193,7 @@ def _billing(settings: Settings, upstream: Upstream, metrics: Metrics) -> _Billi
     ledger = PgLedger(database, hold_ttl_seconds=float(policy.hold_ttl_seconds))
     live, reloader, catalogue_check = _live_config(settings, upstream, ledger, metrics, Snapshot.of(policy, catalogue))
     directory = PgDirectory(database)
+    owners = PgResponseOwners(database)  # who may reach which stored /v1/responses answer
     keys = KeyCache(directory, settings.redis_url)
     keybox = KeyBox(settings.byok_keys)
     counter = TokenCounter()
@@ -204,13 +207,16 @@ def _billing(settings: Settings, upstream: Upstream, metrics: Metrics) -> _Billi
     chain = default_policies(keys=keys, directory=CachedMemberships(directory), ledger=ledger, policy=policy,
                              catalogue=catalogue, keybox=keybox, counter=counter, record=metrics.settled,
                              on_overage=metrics.overage, balances=ledger.credits, redis=limits,
-                             unenforced=metrics.ratelimit_skipped, spool=spool, live=live)
+                             unenforced=metrics.ratelimit_skipped, spool=spool, live=live,
+                             responses=owners)
     tiers, levels = [t.name for t in policy.tiers], [lv.name for lv in policy.power_levels]
     routes = [
         *caller_routes(identify=identify_with((Authenticate(keys), ResolveOrg(directory))), ledger=ledger,
                        directory=directory, config=live, keybox=keybox,
                        probe=litellm_probe(lambda: upstream.session, settings.upstream_url, settings.upstream_key),
                        created=int(time.time())),
+        *response_routes(identify=checked(identify_with((Authenticate(keys), ResolveOrg(directory)))),
+                         owners=owners, fetch=upstream.get),
         *admin_routes(directory, ledger, admin_token=settings.admin_token, lookup_key=keys.get,
                       on_revoke=keys.revoke, tiers=tiers, power_levels=levels),
         *openapi_routes(tiers=tiers, power_levels=levels),

@@ -311,12 +311,13 @@ class ProviderUsage(Answer):
 
 
 class Model(Answer, kw_only=True):
-    """OpenAI's model object."""
+    """OpenAI's model object, and the power levels whose list names it (OpenAI's SDKs ignore the field)."""
 
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    power_levels: list[str] = msgspec.field(default_factory=list)
 
 
 class ModelList(Answer, kw_only=True):

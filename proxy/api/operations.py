@@ -154,6 +154,7 @@ CLIENT = [
         ("completions", "createCompletion", "A text completion, streamed with stream=true"),
         ("embeddings", "createEmbedding", "Embeddings"),
         ("images/generations", "createImage", "Images"),
+        ("responses", "createResponse", "A model response (Responses API), streamed with stream=true"),
     )
 ]
 

@@ -1,9 +1,10 @@
 """GET /models, /models/{id}, /models/categorized for callers, filtered to what the caller may use.
 
-A model is listed when the org's tier allows it and either the platform can serve it at a price
-(priced, and no deployment requires a member's key) or the caller has an enabled BYOK key (their
-own or the org's) for its provider and all its deployments take members' keys. Categorized: `byok`
-holds the listed models whose deployments all take members' keys, `platform` the rest.
+Each model object says which power levels list it (`power_levels`). A model is listed when the org's tier
+allows it and either the platform can serve it at a price (priced, and no deployment requires a member's
+key) or the caller has an enabled BYOK key (their own or the org's) for its provider and all its
+deployments take members' keys. Categorized: `byok` holds the listed models whose deployments all take
+members' keys, `platform` the rest.
 """
 
 from __future__ import annotations
@@ -46,8 +47,11 @@ def usable(model: Model, member: Membership, keyed: set[str], policy: PolicyConf
     return model.byok_allowed and model.provider in keyed
 
 
-def model_object(model: Model, created: int) -> ModelObject:
-    return ModelObject(id=model.name, created=created, owned_by=model.provider)
+def model_object(model: Model, created: int, policy: PolicyConfig) -> ModelObject:
+    """The model object; `power_levels` names the levels that list the model (policy file order), so a
+    caller can see what `auto` may pick at each level."""
+    levels = [level.name for level in policy.power_levels if model.name in level.models]
+    return ModelObject(id=model.name, created=created, owned_by=model.provider, power_levels=levels)
 
 
 def model_routes(
@@ -60,29 +64,31 @@ def model_routes(
     """GET /models (OpenAI list shape), /models/categorized, /models/{id} (404 model_not_found), from the
     configuration current when the request arrives."""
 
-    async def visible(request: Request) -> list[Model]:
+    async def visible(request: Request) -> tuple[list[Model], PolicyConfig]:
         member = membership(await identify(request))
         snapshot = config.current
         rows = await directory.list_provider_keys(member.org_id, member.user_id)
         keyed = {str(row["provider"]) for row in rows if row.get("enabled")}
         models = snapshot.catalogue.models.values()  # config order, then what wildcard routes expand to
-        return [m for m in models if usable(m, member, keyed, snapshot.policy)]
+        return [m for m in models if usable(m, member, keyed, snapshot.policy)], snapshot.policy
 
     async def list_models(request: Request) -> Response:
-        return json_response(ModelList(data=[model_object(m, created) for m in await visible(request)]))
+        shown, policy = await visible(request)
+        return json_response(ModelList(data=[model_object(m, created, policy) for m in shown]))
 
     async def categorized(request: Request) -> Response:
-        shown = await visible(request)
+        shown, policy = await visible(request)
         return json_response(CategorizedModels(
-            platform=[model_object(m, created) for m in shown if not m.byok_allowed],
-            byok=[model_object(m, created) for m in shown if m.byok_allowed],
+            platform=[model_object(m, created, policy) for m in shown if not m.byok_allowed],
+            byok=[model_object(m, created, policy) for m in shown if m.byok_allowed],
         ))
 
     async def one_model(request: Request) -> Response:
         model_id: str = request.path_params["model_id"]
-        for model in await visible(request):
+        shown, policy = await visible(request)
+        for model in shown:
             if model.name == model_id:
-                return json_response(model_object(model, created))
+                return json_response(model_object(model, created, policy))
         message = f"The model '{model_id[:200]}' does not exist or is not available to you."
         raise ProxyError.not_found("model_not_found", message)
 

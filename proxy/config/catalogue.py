@@ -44,6 +44,7 @@ ROUTE_MODES: dict[str, tuple[str, ...]] = {
     "completions": ("chat", "completion"),
     "embeddings": ("embedding",),
     "images/generations": ("image_generation",),
+    "responses": ("chat", "responses"),  # LiteLLM bridges a chat model's /responses to chat completions
 }
 _PATTERN_CACHE = 1024  # names matched to a wildcard route, remembered (bounded: clients choose names)
 
@@ -106,6 +107,19 @@ class Model:
     def max_output_tokens(self) -> int | None:
         caps = [d.max_output_tokens for d in self.deployments if d.max_output_tokens is not None]
         return min(caps) if caps else None
+
+    @property
+    def max_input_tokens(self) -> int | None:
+        """The smallest context window among its deployments that say one (LiteLLM may route to any);
+        None when none says."""
+        windows = [d.max_input_tokens for d in self.deployments if d.max_input_tokens is not None]
+        return min(windows) if windows else None
+
+    def supports(self, capability: str) -> bool:
+        """Every deployment's model info says `supports_<capability>: true` (LiteLLM may route to any). A
+        deployment whose model info is silent does not support it: LiteLLM's own `supports_*` checks
+        answer False for what its model info does not say."""
+        return all(capability in d.capabilities for d in self.deployments)
 
     def price_for(self, deployment_id: str | None) -> Price:
         """The answering deployment's price; unknown or missing -> the highest."""

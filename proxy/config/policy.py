@@ -97,6 +97,7 @@ class Tier:
     tpm: int | None = None  # tokens per minute per member; None = unlimited
     org_rpm: int | None = None  # requests per minute of the whole org (all its members); None = unlimited
     org_tpm: int | None = None  # tokens per minute of the whole org; None = unlimited
+    downgrade: bool = False  # a hold that does not fit is retried at lower power levels (policies/fit.py)
 
     def allows(self, model: str) -> bool:
         return "*" in self.models or model in self.models
@@ -124,6 +125,12 @@ class PolicyConfig:
 
     def tier(self, name: str) -> Tier | None:
         return next((t for t in self.tiers if t.name == name), None)
+
+    def lower_levels(self, level: PowerLevel) -> tuple[PowerLevel, ...]:
+        """The levels a downgrade from `level` tries, nearest first: those listed before it (the file lists
+        its levels lowest first, as the shipped eco, balanced, precision)."""
+        names = [lv.name for lv in self.power_levels]
+        return tuple(reversed(self.power_levels[:names.index(level.name)])) if level.name in names else ()
 
     def multiplier_for(self, level: PowerLevel, model: str) -> Decimal:
         """The level's multiplier when it lists `model`; else the highest multiplier among the levels
@@ -202,7 +209,7 @@ def _names(raw: Mapping[str, Any], where: str, problems: list[str]) -> tuple[str
 _TOP = ("credits_per_usd", "hold_ttl_seconds", "sweep_interval_seconds", "default_power_level", "power_levels",
         "tiers", "forward_params")
 _LEVEL = ("multiplier", "max_tokens", "models")
-_TIER = ("markup", "models", "rpm", "tpm", "org_rpm", "org_tpm")
+_TIER = ("markup", "models", "rpm", "tpm", "org_rpm", "org_tpm", "downgrade")
 
 
 def _section(raw: Mapping[str, Any], key: str, what: str, known: Collection[str],
@@ -244,7 +251,11 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> PolicyConfig | None:
         markup = _number(spec, "markup", where, problems, minimum=Decimal(0))
         rpm, tpm, org_rpm, org_tpm = (_optional_count(spec, key, where, problems)
                                       for key in ("rpm", "tpm", "org_rpm", "org_tpm"))
-        tiers.append(Tier(name, markup, _names(spec, where, problems), rpm, tpm, org_rpm, org_tpm))
+        downgrade = spec.get("downgrade", False)
+        if not isinstance(downgrade, bool):
+            problems.append(f"{where}downgrade must be true or false, got {downgrade!r}")
+            downgrade = False
+        tiers.append(Tier(name, markup, _names(spec, where, problems), rpm, tpm, org_rpm, org_tpm, downgrade))
     default = raw.get("default_power_level")
     if not any(lv.name == default for lv in levels):
         problems.append(f"default_power_level must name one of power_levels, got {default!r}")

@@ -15,10 +15,12 @@ from starlette.types import Receive, Scope
 
 from proxy.errors import ProxyError
 from proxy.gateway.context import RequestContext, Usage
+from proxy.gateway.responses import ROUTE as RESPONSES
+from proxy.gateway.responses import observe_response
 from proxy.gateway.sse import strip_cost, usage_from
 
 _REQUIRED = {"chat/completions": "messages", "completions": "prompt", "embeddings": "input",
-             "images/generations": "prompt"}
+             "images/generations": "prompt", "responses": "input"}
 _POSITIVE_INTS = ("n", "max_tokens", "max_completion_tokens", "best_of")
 # OpenAI's own ceilings (API reference): choices per chat or completion, candidates per completion,
 # images per generation. A larger count is refused before it reaches the hold's arithmetic.
@@ -112,7 +114,10 @@ def parse_request(raw: bytes, route: str) -> tuple[dict[str, Any], bool]:
         value = body.get(name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not _I64 <= value < -_I64):
             raise ProxyError.invalid_value(name, f"'{name}' must be a 64-bit integer.")
-    for name in ("max_tokens", "max_completion_tokens"):
+    if route == "responses" and body.get("max_output_tokens") is not None:
+        if not positive_int(body["max_output_tokens"]):
+            raise ProxyError.invalid_value("max_output_tokens", "'max_output_tokens' must be a positive integer.")
+    for name in ("max_tokens", "max_completion_tokens", *(("max_output_tokens",) if route == "responses" else ())):
         if body.get(name) is not None and body[name] > _MAX_OUTPUT_TOKENS:
             raise ProxyError.invalid_value(name, f"'{name}' must be at most {_MAX_OUTPUT_TOKENS}.")
     options = body.get("stream_options")
@@ -154,7 +159,9 @@ def observe_answer(ctx: RequestContext, raw: bytes) -> bytes:
         # LiteLLM 1.106.2 answers usage {0, 0, 0} when the provider sent none (measured through the real
         # LiteLLM: tests/e2e/test_billing.py); no prompt is zero tokens, so that is no count at all
         ctx.usage = None
-    if ctx.route == "images/generations" and isinstance(answer.get("data"), list):
+    if ctx.route == RESPONSES:
+        observe_response(ctx, answer)
+    elif ctx.route == "images/generations" and isinstance(answer.get("data"), list):
         ctx.image_count = len(answer["data"])
     elif ctx.usage is None:
         _meter_answer(ctx, answer)  # a provider that sent no usage is still charged for what it answered

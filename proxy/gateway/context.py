@@ -62,7 +62,7 @@ class RequestContext:
     """Everything known about one client request. Policies fill it in; the passthrough reads it."""
 
     request_id: str
-    route: str  # "chat/completions" | "completions" | "embeddings" | "images/generations"
+    route: str  # "chat/completions" | "completions" | "embeddings" | "images/generations" | "responses"
     headers: dict[str, str]  # client request headers, lower-cased names
     body: dict[str, Any]
     api_key: Secret | None = None
@@ -70,7 +70,9 @@ class RequestContext:
     config: Snapshot | None = None  # the configuration the request runs, is held and settles under (PinConfig)
     key: ApiKey | None = None
     membership: Membership | None = None
-    power_level: str | None = None
+    power_level: str | None = None  # the level that serves it (after a downgrade, the lower one)
+    asked_model: str | None = None  # the client's `model` ("auto" or a name), for a downgrade's choice
+    downgrade: bool = False  # a hold that does not fit may be retried at lower levels (X-Power-Fallback)
     multiplier: Decimal = Decimal(1)
     model: str | None = None  # model name sent to LiteLLM
     forward_params: frozenset[str] = frozenset()  # provider parameters forwarded beyond OpenAI's (policy file)
@@ -90,6 +92,9 @@ class RequestContext:
     response_started: bool = False
     usage: Usage | None = None
     image_count: int | None = None
+    response_id: str | None = None  # /responses: the id of the response served (proxy/gateway/responses.py)
+    # /responses with previous_response_id: the least prompt bound, the model's context window (RewriteModel)
+    prompt_floor: int = 0
     meter: OutputMeter = field(default_factory=OutputMeter)
     failure: str | None = None  # why the request did not complete: a ProxyError code or "client_disconnected"
     response_headers: dict[str, str] = field(default_factory=dict)  # gateway headers added to the answer

@@ -8,7 +8,7 @@ LiteLLM receives is built from the lists below, never from the client's body min
 
 - `OPENAI_PARAMS`: each route's request parameters as OpenAI's API reference documents them
   (platform.openai.com/docs/api-reference: chat/create, completions/create, embeddings/create,
-  images/create), minus those the gateway cannot bound or price (`PRICED_EXTRAS`);
+  images/create, responses/create), minus those the gateway cannot bound or price (`PRICED_EXTRAS`);
 - the operator's `forward_params` from the policy file (provider parameters such as `top_k`), for
   every model ("*") or one LiteLLM model name.
 
@@ -28,6 +28,7 @@ from typing import Any
 from proxy.config.policy import PolicyConfig
 from proxy.config.settings import ConfigError
 from proxy.errors import ProxyError
+from proxy.gateway.responses import check_responses
 
 # https://platform.openai.com/docs/api-reference/chat/create (as of 2026): every documented body field.
 # `metadata` is documented too, but LiteLLM reads it as its own logging/routing metadata: dropped.
@@ -51,8 +52,18 @@ IMAGES = frozenset({
     "model", "prompt", "background", "moderation", "n", "output_compression", "output_format", "quality",
     "response_format", "size", "style", "user", "stream",
 })
+# https://platform.openai.com/docs/api-reference/responses/create, minus what the gateway cannot bound:
+# `conversation` and `prompt` (server-side content of unknown size) are refused by name (PRICED_EXTRAS);
+# `background: true` and built-in tools by value (proxy/gateway/responses.py).
+RESPONSES = frozenset({
+    "model", "input", "instructions", "max_output_tokens", "previous_response_id", "background", "include",
+    "max_tool_calls", "parallel_tool_calls", "prompt_cache_key", "prompt_cache_retention", "reasoning",
+    "safety_identifier", "service_tier", "store", "stream", "stream_options", "temperature", "text", "tool_choice",
+    "tools", "top_logprobs", "top_p", "truncation", "user",
+})
 OPENAI_PARAMS: Mapping[str, frozenset[str]] = {
     "chat/completions": CHAT,
+    "responses": RESPONSES,
     "completions": COMPLETIONS,
     "embeddings": EMBEDDINGS,
     "images/generations": IMAGES,
@@ -66,7 +77,12 @@ PRICED_EXTRAS: Mapping[str, str] = {
     "web_search_options": "web search is not priced on this gateway",
     "prediction": "predicted outputs are billed beyond the output cap and are not priced on this gateway",
     "partial_images": "streamed partial images are not priced on this gateway",
+    "conversation": "a stored conversation's size cannot be bounded before it is sent",
+    "prompt": "a stored prompt template's size cannot be bounded before it is sent",
 }
+# PRICED_EXTRAS that are a route's own documented parameter elsewhere (`prompt` on /completions)
+_EXTRAS_OF: Mapping[str, frozenset[str]] = {"conversation": frozenset({"responses"}),
+                                             "prompt": frozenset({"responses"})}
 # the values of these fields that change the price the catalogue holds and settles at
 PRICED_VALUES: Mapping[str, frozenset[str]] = {
     "service_tier": frozenset({"auto", "default"}),
@@ -125,7 +141,8 @@ def forwardable(route: str, body: Mapping[str, Any], extra: Collection[str]) -> 
     for name, value in body.items():
         if silently_dropped(name):
             continue
-        if name in PRICED_EXTRAS and value is not None and name not in extra:
+        refused = name in PRICED_EXTRAS and route in _EXTRAS_OF.get(name, (route,))
+        if refused and value is not None and name not in extra:
             raise ProxyError.invalid_value(name, f"'{name}' is refused: {PRICED_EXTRAS[name]}.")
         if name not in allowed and name not in extra:
             shown = name if len(name) <= MAX_FIELD_NAME else name[:MAX_FIELD_NAME] + "..."
@@ -148,6 +165,9 @@ def _check_values(route: str, body: dict[str, Any], extra: Collection[str]) -> N
             if key not in STREAM_OPTIONS:
                 raise ProxyError.invalid_value(f"stream_options.{str(key)[:MAX_FIELD_NAME]}",
                                                "Unrecognized stream option.")
+    if route == "responses":
+        check_responses(body)
+        return
     if route != "chat/completions":
         return
     modalities = body.get("modalities")

@@ -26,6 +26,8 @@ from proxy.errors import ProxyError
 from proxy.gateway.body import ClientGone, observe_answer, parse_request, read_body
 from proxy.gateway.context import Policy, RequestContext
 from proxy.gateway.headers import RawHeaders, bearer_token, client_response_headers, gateway_headers
+from proxy.gateway.responses import ROUTE as RESPONSES
+from proxy.gateway.responses import ResponsesTap
 from proxy.gateway.sse import StreamTap
 from proxy.gateway.upstream import Upstream, upstream_body
 from proxy.gateway.upstream_errors import from_client_error, from_litellm
@@ -177,7 +179,7 @@ class Passthrough:
     async def _relay(self, ctx: RequestContext, resp: aiohttp.ClientResponse, send: Send,
                      watch: DisconnectWatch) -> float:
         """Relay an SSE answer chunk by chunk; returns the seconds spent waiting for chunks."""
-        tap = StreamTap(ctx)
+        tap = ResponsesTap(ctx) if ctx.route == RESPONSES else StreamTap(ctx)
         head = client_response_headers(resp.raw_headers, ctx.response_headers) + _STREAM_HEADERS
         await send({"type": "http.response.start", "status": 200,
                     "headers": head + gateway_headers(ctx.request_id, ctx.response_headers)})

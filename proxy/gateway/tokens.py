@@ -30,7 +30,7 @@ THREAD_ABOVE_CHARS = 32_768  # a few ms of tokenizing (13 M characters took 2.8 
 PIECE_CHARS = 40_000  # at most 4 tokens per character: under the encoder's 200,000-token limit
 BOUND_FACTOR = Fraction(3, 2)
 BOUND_SLACK = 64
-_PROMPT_EXTRAS = ("tools", "functions", "tool_choice", "response_format", "prediction")
+_PROMPT_EXTRAS = ("tools", "functions", "tool_choice", "response_format", "prediction", "text")
 
 
 class TokenCounter:
@@ -65,6 +65,10 @@ class TokenCounter:
             total = sum(self._prompt_item(p) for p in _as_list(body.get("input")))
         elif route == "images/generations":
             total = self._text(body.get("prompt"))
+        elif route == "responses":  # input items are messages (content parts) or items counted field by field
+            items = body.get("input")
+            total = self._messages(items if isinstance(items, list) else [{"content": items}])
+            total += self._text(body.get("instructions"))
         else:
             total = self.count(_json(body))
         extras = [body[k] for k in _PROMPT_EXTRAS if k in body]
@@ -101,7 +105,7 @@ class TokenCounter:
         total = 0
         for part in content:
             kind = part.get("type") if isinstance(part, dict) else None
-            if kind == "text":
+            if kind in ("text", "input_text", "output_text"):
                 total += self._text(part.get("text"))
             elif kind in ("image_url", "image", "input_image"):
                 total += IMAGE_PART_TOKENS

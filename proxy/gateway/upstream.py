@@ -35,7 +35,7 @@ def upstream_body(ctx: RequestContext) -> bytes:
         body["model"] = ctx.model
     if ctx.byok_key is not None:
         body["api_key"] = ctx.byok_key.reveal()
-    if ctx.stream:
+    if ctx.stream and ctx.route != "responses":  # /responses always reports usage in response.completed
         options = body.get("stream_options")
         kept = {k: v for k, v in options.items() if k in STREAM_OPTIONS} if isinstance(options, dict) else {}
         body["stream_options"] = {**kept, "include_usage": True}
@@ -93,11 +93,13 @@ class Upstream:
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise from_client_error(exc) from exc
 
-    async def get(self, path: str, timeout: float | None = None) -> tuple[int, dict[str, str], bytes]:
-        """GET a small LiteLLM resource whole: (status, headers, body). Raises ProxyError."""
+    async def get(self, path: str, timeout: float | None = None,
+                  method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+        """GET (or DELETE) a small LiteLLM resource whole: (status, headers, body). Raises ProxyError."""
         limit = aiohttp.ClientTimeout(total=timeout) if timeout else None
         try:
-            async with self.session.get(self.base_url + path, headers=self._headers, timeout=limit) as resp:
+            async with self.session.request(method, self.base_url + path, headers=self._headers,
+                                            timeout=limit) as resp:
                 return resp.status, dict(resp.headers), await resp.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise from_client_error(exc) from exc

@@ -19,8 +19,15 @@ PLATFORM = ["mock-gpt", "fake-small", "fake-medium", "fake-large", "fake-gpt-4o-
 FREE = ["mock-gpt", "fake-small", "fake-gpt-4o-mini", "fake-embed"]
 
 
+# the shipped policy.yaml's power levels, by the models they list
+LEVELS = {"fake-small": ["eco"], "mock-gpt": ["eco"], "fake-medium": ["balanced"], "fake-gpt-4o-mini": ["balanced"],
+          "fake-multi": ["balanced"], "fake-large": ["precision"], "byok-gpt": ["precision"],
+          "byok-only": ["precision"]}
+
+
 def obj(name: str) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": CREATED, "owned_by": "openai"}
+    return {"id": name, "object": "model", "created": CREATED, "owned_by": "openai",
+            "power_levels": LEVELS.get(name, [])}
 
 
 def listing(names: list[str]) -> tuple[int, dict[str, Any]]:

@@ -56,7 +56,8 @@ async def test_the_callers_model_list_replaces_litellms(http: httpx.AsyncClient)
         response = await http.get(path, headers={"Authorization": "Bearer frank"})
         assert response.status_code == 200, path
     one = await http.get("/v1/models/fake-small", headers={"Authorization": "Bearer frank"})
-    assert one.json() == {"id": "fake-small", "object": "model", "created": 7, "owned_by": "openai"}
+    assert one.json() == {"id": "fake-small", "object": "model", "created": 7, "owned_by": "openai",
+                          "power_levels": ["eco"]}
 
 
 @pytest.mark.parametrize(("method", "path"), [

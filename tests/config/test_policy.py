@@ -83,8 +83,8 @@ tiers:
         "p.yaml: power_levels.eco.'max_token' is not a known setting (did you mean 'max_tokens'?)",
         "p.yaml: power_levels.eco.max_tokens must be a positive integer, got None",
         "p.yaml: tiers.free.'rmp' is not a known setting (did you mean 'rpm'?)",
-        "p.yaml: tiers.free.'colour' is not a known setting (expected one of markup, models, org_rpm, org_tpm, "
-        "rpm, tpm)",
+        "p.yaml: tiers.free.'colour' is not a known setting (expected one of downgrade, markup, models, org_rpm, "
+        "org_tpm, rpm, tpm)",
     ]
 
 

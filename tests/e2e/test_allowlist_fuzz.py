@@ -66,6 +66,10 @@ openai_fields = st.fixed_dictionaries({}, optional={
 })
 litellm_fields = st.dictionaries(st.sampled_from(LITELLM_PARAMS), json_values, max_size=4)
 junk_fields = st.dictionaries(st.text(string.ascii_letters + "_-", min_size=1, max_size=16), json_values, max_size=2)
+# X-Power-Fallback: absent, the two values it takes (any case), or anything else (400, param X-Power-Fallback)
+fallbacks = st.one_of(st.none(), st.sampled_from(["downgrade", "none", "DownGrade", ""]),
+                      st.text(string.ascii_letters + string.digits + " -,", max_size=12))
+GOOD_FALLBACKS = ("downgrade", "none", "")
 
 
 @pytest.fixture(scope="module")
@@ -74,18 +78,20 @@ def fuzz_member(gateway: Gateway) -> Member:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-@given(openai_fields, litellm_fields, junk_fields)
+@given(openai_fields, litellm_fields, junk_fields, fallbacks)
 def test_whatever_the_body_only_the_allowlist_reaches_the_provider_under_the_holds_cap(
     fuzz_member: Member, fake_provider: services.Service, ours: dict[str, Any], theirs: dict[str, Any],
-    junk: dict[str, Any],
+    junk: dict[str, Any], fallback: str | None,
 ) -> None:
     mark = "fuzz-" + secrets.token_hex(6)
     rid = "fz-" + secrets.token_hex(8)
     body = {**junk, **theirs, **ours, "model": "fake-medium",
             "messages": [{"role": "user", "content": f"hello {mark}"}]}
     with fuzz_member.http() as http:
-        response = http.post("/v1/chat/completions", json=body,
-                             headers={"x-request-id": rid, "x-power-level": "balanced"})
+        headers = {"x-request-id": rid, "x-power-level": "balanced"}
+        if fallback is not None:
+            headers["x-power-fallback"] = fallback
+        response = http.post("/v1/chat/completions", json=body, headers=headers)
         text = response.read()
     assert response.status_code < 500, text
     event(f"status {response.status_code}")
@@ -93,6 +99,8 @@ def test_whatever_the_body_only_the_allowlist_reaches_the_provider_under_the_hol
     if response.status_code != 200:
         error = orjson.loads(text)["error"]
         assert set(error) == {"message", "type", "param", "code"} and error["code"] == "invalid_value", error
+        if fallback is not None and fallback.strip().lower() not in GOOD_FALLBACKS:
+            assert error["param"] == "X-Power-Fallback", error
         assert seen == []
         assert fuzz_member.get(f"/v1/requests/{rid}").status_code == 404
         return

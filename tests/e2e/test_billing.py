@@ -21,7 +21,9 @@ PRICES = {  # model -> (input, output) USD per token, as written in the config
 }
 MARKUP = {"free": Decimal("0.0"), "starter": Decimal("0.4"), "professional": Decimal("0.6"),
           "enterprise": Decimal("0.8")}
-LEVELS = {"eco": (Decimal("0.1"), "fake-small"), "balanced": (Decimal("0.25"), "fake-medium"),
+# what `auto` picks at each level: the level's cheapest model (fake-gpt-4o-mini's output costs less than
+# fake-medium's, though balanced lists fake-medium first)
+LEVELS = {"eco": (Decimal("0.1"), "fake-small"), "balanced": (Decimal("0.25"), "fake-gpt-4o-mini"),
           "precision": (Decimal("1.0"), "fake-large")}
 FREE_AUTO = {"eco": "fake-small", "balanced": "fake-gpt-4o-mini"}
 

@@ -169,6 +169,7 @@ async def probe_everything(gw: Gateway, member: Member, rid: str) -> dict[str, t
         "completions": {"model": "fake-small", "prompt": "hi"},
         "embeddings": {"model": "fake-embed", "input": "hi"},
         "images/generations": {"model": "fake-image", "prompt": "a cat"},
+        "responses": {"model": "fake-small", "input": "hi"},
     }
     caller = {"authorization": f"Bearer {member.key}"}
     admin = {"authorization": f"Bearer {gw.env['CREDITGATE_ADMIN_TOKEN']}"}
@@ -176,7 +177,8 @@ async def probe_everything(gw: Gateway, member: Member, rid: str) -> dict[str, t
         ("POST", f"{prefix}/{route}", caller, bodies.get(route, {"model": "fake-small"}))
         for route in BILLED_ROUTES for prefix in ("/v1", "/api/v1/llm")]
     asks += [("GET", path, caller, None) for path in (
-        "/v1/credits", "/v1/credits/history", "/v1/usage", f"/v1/requests/{rid}", "/v1/byok/keys")]
+        "/v1/credits", "/v1/credits/history", "/v1/usage", f"/v1/requests/{rid}", "/v1/byok/keys",
+        "/v1/responses/resp_x")]
     asks += [("GET", "/admin/orgs", admin, None), ("GET", f"/admin/orgs/{member.org_id}", admin, None),
              ("GET", "/admin/users", admin, None), ("POST", "/admin/orgs", admin, {"name": "x", "tier": "starter"})]
     async with httpx.AsyncClient(base_url=gw.url, timeout=60) as http:

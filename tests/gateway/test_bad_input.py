@@ -90,7 +90,8 @@ def test_huge_bodies_are_413(http: httpx.Client) -> None:
 
 @pytest.mark.parametrize(("method", "path"), [
     ("GET", "/v1/chat/completions"), ("PUT", "/v1/embeddings"), ("DELETE", "/v1/models"),
-    ("POST", "/v1/files"), ("POST", "/v1/responses"), ("GET", "/"), ("POST", "/chat/completions"),
+    ("POST", "/v1/files"), ("PUT", "/v1/responses"), ("POST", "/v1/responses/resp_1/cancel"),
+    ("GET", "/v1/responses/resp_1/input_items"), ("GET", "/"), ("POST", "/chat/completions"),
     ("POST", "/v1/chat/completions/extra"), ("GET", "/api/v1/llm/unknown"), ("POST", "/key/generate"),
     ("GET", "/health"),
 ])
