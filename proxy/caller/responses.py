@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
@@ -24,6 +23,7 @@ from proxy.api.jsonapi import json_response
 from proxy.caller.common import Identify, both, membership
 from proxy.directory.responses import ResponseOwners
 from proxy.errors import ProxyError
+from proxy.gateway.body import answer_object
 from proxy.gateway.sse import strip_cost
 from proxy.gateway.upstream_errors import from_litellm
 
@@ -56,12 +56,7 @@ def response_routes(*, identify: Identify, owners: ResponseOwners, fetch: Fetch)
 
 def _without_internals(raw: bytes) -> Any:
     """LiteLLM's answer without its cost fields; an unreadable one is the upstream's failure (502)."""
-    try:
-        answer = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        answer = None
-    if not isinstance(answer, dict):
-        raise ProxyError.upstream_failed("The model service returned an unreadable answer.")
+    answer = answer_object(raw)
     for key in ("response_cost", "_hidden_params", "provider_specific_fields"):
         answer.pop(key, None)
     if isinstance(answer.get("usage"), dict):

@@ -144,15 +144,21 @@ def too_deep(value: Any, limit: int) -> bool:
     return False
 
 
-def observe_answer(ctx: RequestContext, raw: bytes) -> bytes:
-    """Record usage (and the image count) of a whole answer; returns the bytes for the client,
-    without LiteLLM's cost fields. A 200 that is not a JSON object is an upstream failure."""
+def answer_object(raw: bytes) -> dict[str, Any]:
+    """LiteLLM's 200 answer as a JSON object; anything else is the upstream's failure (502)."""
     try:
         answer = orjson.loads(raw)
     except orjson.JSONDecodeError:
         answer = None
     if not isinstance(answer, dict):
         raise ProxyError.upstream_failed("The model service returned an unreadable answer.")
+    return answer
+
+
+def observe_answer(ctx: RequestContext, raw: bytes) -> bytes:
+    """Record usage (and the image count) of a whole answer; returns the bytes for the client,
+    without LiteLLM's cost fields. A 200 that is not a JSON object is an upstream failure."""
+    answer = answer_object(raw)
     usage = answer.get("usage")
     ctx.usage = usage_from(usage)
     if ctx.usage == Usage(0, 0) and ctx.route != "images/generations":

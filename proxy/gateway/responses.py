@@ -30,7 +30,7 @@ import orjson
 
 from proxy.errors import ProxyError
 from proxy.gateway.context import OutputMeter, RequestContext
-from proxy.gateway.sse import strip_cost, usage_from
+from proxy.gateway.sse import split_events, strip_cost, usage_from
 
 ROUTE = "responses"
 TOOL_TYPES = frozenset({"function"})
@@ -125,16 +125,7 @@ class ResponsesTap:
 
     def feed(self, chunk: bytes) -> bytes:
         """Bytes to forward for this chunk (possibly empty while an event is incomplete)."""
-        data = self._tail + chunk if self._tail else chunk
-        if b"\r" in data:
-            data = data.replace(b"\r\n", b"\n")
-        end = data.rfind(b"\n\n")
-        if end < 0:
-            self._tail = data
-            return b""
-        self._tail = data[end + 2 :]
-        events = data[: end + 2].split(b"\n\n")
-        events.pop()
+        events, _, self._tail = split_events(self._tail, chunk)
         return b"".join(self._event(e) for e in events)
 
     def leftover(self) -> bytes:

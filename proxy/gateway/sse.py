@@ -61,6 +61,21 @@ def _event(obj: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
+def split_events(tail: bytes, chunk: bytes) -> tuple[list[bytes], bytes, bytes]:
+    """The complete SSE events in `tail + chunk` (CRLF made LF), the bytes they span, and the incomplete
+    rest to keep for the next chunk."""
+    data = tail + chunk if tail else chunk
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n")
+    end = data.rfind(b"\n\n")
+    if end < 0:
+        return [], b"", data
+    complete = data[: end + 2]
+    events = complete.split(b"\n\n")
+    events.pop()  # the empty piece after the last separator
+    return events, complete, data[end + 2 :]
+
+
 class StreamTap:
     """Splits SSE events across chunk boundaries and observes them for one request."""
 
@@ -75,17 +90,9 @@ class StreamTap:
 
     def feed(self, chunk: bytes) -> bytes:
         """Bytes to forward for this chunk (possibly empty while an event is incomplete)."""
-        data = self._tail + chunk if self._tail else chunk
-        if b"\r" in data:
-            data = data.replace(b"\r\n", b"\n")
-        end = data.rfind(b"\n\n")
-        if end < 0:
-            self._tail = data
+        events, complete, self._tail = split_events(self._tail, chunk)
+        if not events:
             return b""
-        self._tail = data[end + 2 :]
-        complete = data[: end + 2]
-        events = complete.split(b"\n\n")
-        events.pop()  # the empty piece after the last separator
         if b'"usage"' in complete or b'"error"' in complete or _DONE in complete:
             return b"".join(self._event(e) for e in events)
         for event in events:

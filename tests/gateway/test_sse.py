@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from proxy.gateway.context import RequestContext, Usage
-from proxy.gateway.sse import StreamTap
+from proxy.gateway.sse import StreamTap, split_events
 
 
 def event(obj: dict[str, object]) -> bytes:
@@ -87,3 +87,10 @@ def test_meter_reads_escaped_and_multi_choice_content() -> None:
     assert tap.feed(quoted + two + plain) == quoted + two + plain
     assert c.meter.chunks == 3
     assert c.meter._pending == ['say "hi" é\n', "abcd", "plain"]
+
+
+def test_split_events_keeps_an_incomplete_event_for_the_next_chunk_and_reads_crlf() -> None:
+    events, complete, rest = split_events(b"data: 1\r\n\r\ndata: 2", b"\r\n\r\ndata: 3")
+    assert (events, complete, rest) == ([b"data: 1", b"data: 2"], b"data: 1\n\ndata: 2\n\n", b"data: 3")
+    assert split_events(rest, b"\n") == ([], b"", b"data: 3\n")
+    assert split_events(b"data: 3\n", b"\n")[0] == [b"data: 3"]
