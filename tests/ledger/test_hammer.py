@@ -62,7 +62,8 @@ async def _setup(dsn: str) -> None:
 
 def _killer(dsn: str, stop: threading.Event, kills: list[int], pause: tuple[float, float] = (0.05, 0.3),
             share: float = 0.1) -> None:
-    """Until `stop`: every `pause` seconds terminate each ledger backend with probability `share`."""
+    """Until `stop`: every `pause` seconds terminate each ledger backend with probability `share`; until the
+    first kill lands, every ledger backend (a short phase must not end with none killed by chance)."""
     async def run() -> None:
         conn = await asyncpg.connect(dsn)
         rng = random.Random(SEED)
@@ -70,7 +71,8 @@ def _killer(dsn: str, stop: threading.Event, kills: list[int], pause: tuple[floa
             await asyncio.sleep(rng.uniform(*pause))
             n = await conn.fetchval("""SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
                                         WHERE datname = current_database() AND application_name = 'creditgate-ledger'
-                                          AND pid <> pg_backend_pid() AND random() < $1""", share)
+                                          AND pid <> pg_backend_pid() AND (random() < $1 OR $2)""",
+                                    share, not any(kills))
             kills.append(int(n))
         await conn.close()
     asyncio.run(run())
