@@ -69,7 +69,7 @@ class Unenforced(list[str]):
 
 @pytest.fixture
 async def client(redis_server: services.Service) -> AsyncIterator[Redis]:
-    redis = redis_client(redis_server.url)
+    redis = redis_client(redis_server.url, timeout=2.0)  # enforced even on a loaded machine
     try:
         yield redis
     finally:
@@ -319,7 +319,7 @@ async def test_redis_down_lets_requests_through_counted_once_and_logged_once(
 async def test_limits_come_back_with_a_restarted_redis(caplog: pytest.LogCaptureFixture) -> None:
     """A new Redis knows neither the buckets nor the scripts (EVALSHA's NOSCRIPT loads them again)."""
     redis = services.start_redis()
-    client = redis_client(redis.url)
+    client = redis_client(redis.url, timeout=2.0)
     seen = Unenforced()
     limit = limiter(client, seen=seen)
     try:
@@ -342,7 +342,7 @@ async def test_limits_come_back_with_a_restarted_redis(caplog: pytest.LogCapture
 
 async def test_a_lost_correction_is_logged_and_never_raised(caplog: pytest.LogCaptureFixture) -> None:
     redis = services.start_redis()
-    client = redis_client(redis.url)
+    client = redis_client(redis.url, timeout=2.0)
     limit = limiter(client)
     try:
         ctx = ctx_of("tokens")
