@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ import httpx
 import pytest
 
 from devstack import services
-from tests.e2e.conftest import Gateway, Member, make_member, start_gateway, write_policy
+from tests.e2e.conftest import Gateway, Member, make_member, start_gateway, stream_then_kill, write_policy
 
 CLI = [str(Path(sys.executable).parent / "creditgate")]
 
@@ -115,20 +114,7 @@ def test_the_gateway_bills_administers_and_sweeps_as_a_role_without_ddl(
         soon = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
         doomed.admin.grant(member.org_id, 1000, reason="expires", expires_at=soon)
 
-        async def stream_then_crash() -> None:
-            client = member.aclient()
-            stream = await client.chat.completions.create(
-                model="fake-small", messages=[{"role": "user", "content": "long"}], stream=True,
-                extra_headers={"X-Request-Id": "role-crash"}, extra_body={"fake_chunks": 200, "fake_delay_ms": 25})
-            started = time.monotonic()
-            async for _ in stream:
-                if time.monotonic() - started > 2.5:  # past at least one checkpoint (every ttl/3 = 1 s)
-                    os.killpg(doomed.svc.proc.pid, signal.SIGKILL)
-                    break
-            await client.close()
-
-        asyncio.run(stream_then_crash())
-        doomed.svc.proc.wait(10)
+        stream_then_kill(member, doomed, "fake-small", "role-crash")
         survivor = start_gateway(pg, redis_server, litellm, fake_provider, name="unused",
                                  database_url=database.app_dsn, env=doomed.env)
         member.gateway = survivor

@@ -3,8 +3,12 @@ and the fake provider, with real PostgreSQL and Redis. Each test makes its own o
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import os
 import secrets
+import signal
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,3 +109,23 @@ def make_member(gw: Gateway, *, tier: str = "starter", credit: int | None = 100_
 
 def join(gw: Gateway, member: Member, org_id: str, **fields: Any) -> None:
     gw.admin.member(org_id, member.user_id, **fields)
+
+
+def stream_then_kill(member: Member, gateway: Gateway, model: str, request_id: str) -> None:
+    """Stream a long answer through `gateway` and SIGKILL its process group past at least one checkpoint
+    (every hold ttl / 3 = 1 s with the tests' policy); returns once the replica is gone."""
+
+    async def run() -> None:
+        client = member.aclient()
+        stream = await client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "long"}], stream=True,
+            extra_headers={"X-Request-Id": request_id}, extra_body={"fake_chunks": 200, "fake_delay_ms": 25})
+        started = time.monotonic()
+        async for _ in stream:
+            if time.monotonic() - started > 2.5:
+                os.killpg(gateway.svc.proc.pid, signal.SIGKILL)
+                break
+        await client.close()
+
+    asyncio.run(run())
+    gateway.svc.proc.wait(10)

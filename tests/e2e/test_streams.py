@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 from typing import Any
 
@@ -12,7 +10,7 @@ import httpx
 import openai
 
 from devstack import services
-from tests.e2e.conftest import Gateway, Member, make_member, start_gateway, write_policy
+from tests.e2e.conftest import Gateway, Member, make_member, start_gateway, stream_then_kill, write_policy
 from tests.e2e.test_billing import settled
 
 SLOW = {"fake_chunks": 80, "fake_delay_ms": 50}
@@ -99,20 +97,7 @@ def test_replica_killed_mid_stream_is_settled_from_its_checkpoint(
     try:
         member = make_member(doomed)
 
-        async def stream_then_crash() -> None:
-            client = member.aclient()
-            stream = await client.chat.completions.create(
-                model="fake-medium", messages=[{"role": "user", "content": "long"}], stream=True,
-                extra_headers={"X-Request-Id": "crash-1"}, extra_body={"fake_chunks": 200, "fake_delay_ms": 25})
-            started = time.monotonic()
-            async for _ in stream:
-                if time.monotonic() - started > 2.5:  # past at least one checkpoint (every ttl/3 = 1 s)
-                    os.killpg(doomed.svc.proc.pid, signal.SIGKILL)
-                    break
-            await client.close()
-
-        asyncio.run(stream_then_crash())
-        doomed.svc.proc.wait(10)
+        stream_then_kill(member, doomed, "fake-medium", "crash-1")
         survivor = start_gateway(pg, redis_server, litellm, fake_provider, name="crash",
                                  database_url=doomed.env["CREDITGATE_DATABASE_URL"], env=doomed.env)
         member.gateway = survivor
