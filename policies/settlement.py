@@ -26,7 +26,8 @@ from proxy.errors import ProxyError
 from proxy.gateway.body import positive_int
 from proxy.gateway.context import RequestContext, Usage
 from proxy.ledger import tariffs
-from proxy.ledger.spool import Entry, Spool
+from proxy.ledger.spool import Spool
+from proxy.ledger.spool_entry import Entry
 from proxy.ledger.types import ESTIMATE, PROVIDER, Ledger, Settlement
 
 log = logging.getLogger("creditgate.credits")

@@ -60,7 +60,8 @@ from proxy.gateway.tokens import TokenCounter
 from proxy.gateway.upstream import Upstream
 from proxy.ledger.pg import PgLedger
 from proxy.ledger.replay import Replayer
-from proxy.ledger.spool import Spool, ledger_id
+from proxy.ledger.spool import Spool
+from proxy.ledger.spool_entry import ledger_id
 from proxy.ledger.sweeper import Sweeper
 from proxy.ops.drain import Drain
 from proxy.ops.health import NotReady, Readiness, ReadyCheck, Schema, SchemaGate, healthz, metrics_endpoint

@@ -30,7 +30,8 @@ import logging
 from collections.abc import Callable
 
 from proxy.errors import ProxyError
-from proxy.ledger.spool import Entry, Spool
+from proxy.ledger.spool import Spool
+from proxy.ledger.spool_entry import Entry
 from proxy.ledger.types import Ledger, Settlement
 from proxy.tasks import cancel, wait_event
 

@@ -34,7 +34,7 @@ import pytest
 
 from devstack import services
 from proxy.app import BILLED_ROUTES
-from proxy.ledger.spool import parse_lines
+from proxy.ledger.spool_entry import parse_lines
 from proxy.ledger.verify import audit
 from tests.e2e.conftest import Gateway, Member, make_member, start_gateway
 

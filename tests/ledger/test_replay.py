@@ -15,7 +15,8 @@ import pytest
 
 from proxy.ledger.pg import PgLedger
 from proxy.ledger.replay import Replayer
-from proxy.ledger.spool import Entry, Spool
+from proxy.ledger.spool import Spool
+from proxy.ledger.spool_entry import Entry
 from proxy.ledger.types import Settlement
 from tests.fakes import FakeLedger
 from tests.ledger.conftest import ORG, U1, U2, hold, pool_state, set_clock, usage, violations
