@@ -64,16 +64,15 @@ from proxy.ledger.spool import Spool
 from proxy.ledger.spool_entry import ledger_id
 from proxy.ledger.sweeper import Sweeper
 from proxy.ops.drain import Drain
+from proxy.ops.gauges import Gauges
 from proxy.ops.health import NotReady, Readiness, ReadyCheck, Schema, SchemaGate, healthz, metrics_endpoint
 from proxy.ops.logs import AccessLog, configure_logging, log_started, request_info
 from proxy.ops.metrics import Metrics, configured_models
 from proxy.ops.tracing import OtlpExporter, Tracer
-from proxy.tasks import cancel
 
 log = logging.getLogger("creditgate.app")
 PREFIXES = ("/v1", "/api/v1/llm")
 BILLED_ROUTES = ("chat/completions", "completions", "embeddings", "images/generations", "responses")
-LOW_CREDIT_SECONDS = 15.0  # the low-credit gauges read every pool and membership: not every sweep interval
 
 
 class Part(Protocol):
@@ -237,7 +236,7 @@ def _billing(settings: Settings, upstream: Upstream, metrics: Metrics) -> _Billi
     async def redis_ping() -> None:
         await limits.ping()
 
-    gauge = _Gauge(ledger, metrics, float(policy.sweep_interval_seconds),
+    gauge = Gauges(ledger, metrics, float(policy.sweep_interval_seconds),
                    {"redis": redis_ping, "litellm": upstream.litellm})
     schema = Schema(database)  # /readyz and the gate: an older schema is 503 until `creditgate migrate`
     parts: tuple[Part, ...] = (
@@ -307,49 +306,6 @@ def _start(sweeper: Sweeper) -> Callable[[], Awaitable[None]]:
         sweeper.start()
 
     return start
-
-
-class _Gauge:
-    """Keeps the periodic gauges current, once per sweep interval: holds open and overdue (one count on the
-    pending holds' index, which is also the PostgreSQL check), whether Redis and LiteLLM answer
-    (`creditgate_dependency_up`), and every LOW_CREDIT_SECONDS the pools and allocations running low."""
-
-    def __init__(self, ledger: PgLedger, metrics: Metrics, interval: float,
-                 checks: Mapping[str, Callable[[], Awaitable[None]]]) -> None:
-        self._ledger, self._metrics, self._interval = ledger, metrics, max(interval, 1.0)
-        self._checks = {"postgres": self._holds, **checks}
-        self._task: asyncio.Task[None] | None = None
-
-    async def open(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="creditgate-holds-gauge")
-
-    async def close(self) -> None:
-        task, self._task = self._task, None
-        await cancel(task)
-
-    async def _run(self) -> None:
-        low_credit_due = 0.0
-        while True:
-            try:
-                if await self._refresh() and time.monotonic() >= low_credit_due:
-                    low_credit_due = time.monotonic() + LOW_CREDIT_SECONDS
-                    for account, (low, exhausted) in (await self._ledger.low_credit()).items():
-                        self._metrics.set_credit_low(account, low, exhausted)
-            except Exception:  # noqa: BLE001 - a gauge must never take the replica down
-                log.debug("gauges not refreshed", exc_info=True)
-            await asyncio.sleep(self._interval)
-
-    async def _refresh(self) -> bool:
-        """Run every check at once (2 s each at most); True when PostgreSQL answered."""
-        names = list(self._checks)
-        results = await asyncio.gather(*(asyncio.wait_for(self._checks[n](), 2.0) for n in names),
-                                       return_exceptions=True)
-        for name, result in zip(names, results, strict=True):
-            self._metrics.set_dependency(name, not isinstance(result, Exception))
-        return not isinstance(results[0], Exception)
-
-    async def _holds(self) -> None:
-        self._metrics.set_holds(*await self._ledger.hold_counts())
 
 
 class _BilledFastPath:

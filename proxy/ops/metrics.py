@@ -85,7 +85,7 @@ class Metrics:
         self.ratelimit_unenforced = Counter(
             "creditgate_ratelimit_unenforced", "Requests let through unchecked because Redis did not answer "
             "in time, by reason (timeout|unavailable).", ["reason"], registry=r)
-        # refreshed by the app's periodic task (proxy/app.py `_Gauge`), every sweep interval
+        # refreshed by the app's periodic task (proxy/ops/gauges.py), every sweep interval
         self.holds_overdue = Gauge(
             "creditgate_holds_overdue", "Pending holds past their expiry plus the ledger's grace (invariant 3: "
             "should stay 0, the sweeper settles them).", registry=r, multiprocess_mode="livemax")
@@ -187,9 +187,6 @@ class Metrics:
     def ratelimit_skipped(self, reason: str) -> None:
         """The `unenforced` hook of policies.ratelimit.RateLimit."""
         self.ratelimit_unenforced.labels(reason if reason in ("timeout", "unavailable") else "other").inc()
-
-    def set_holds_open(self, count: int) -> None:
-        self.holds_open.set(count)
 
     def set_holds(self, open_count: int, overdue: int) -> None:
         self.holds_open.set(open_count)

@@ -1,4 +1,4 @@
-"""The reads behind the periodic gauges (proxy/app.py `_Gauge`): holds open and overdue, and how many pools
+"""The reads behind the periodic gauges (proxy/ops/gauges.py): holds open and overdue, and how many pools
 and allocations run low, against exact ledger states."""
 
 from __future__ import annotations
