@@ -171,6 +171,9 @@ def _reserve_refusal(status: str, r: HoldRequest) -> ProxyError:
     if status == "user_allocation_exhausted":
         return ProxyError.insufficient_credits(
             status, f"Your allocation in this organization cannot cover this request ({r.amount} millicredits held).")
+    if status == "key_limit_exhausted":
+        return ProxyError.insufficient_credits(
+            status, f"This API key's own spend limit cannot cover this request ({r.amount} millicredits held).")
     if status == "suspended":
         return ProxyError.permission("suspended", "This organization or membership is suspended.")
     return ProxyError.permission("not_a_member", "You are not a member of this organization.")

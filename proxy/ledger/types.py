@@ -32,6 +32,8 @@ class HoldRequest:
     list_input_rate: Decimal
     list_output_rate: Decimal
     price_version: str | None = None  # the prices it is held and settled at (proxy/config/live.py)
+    end_user: str | None = None  # the OpenAI `user` field: the platform's own customer (attribution)
+    tags: tuple[str, ...] = ()  # `X-Tags`, already validated: at most 8 safe tokens of at most 64 characters
 
 
 @dataclass(frozen=True, slots=True)
