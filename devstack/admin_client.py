@@ -40,12 +40,16 @@ class AdminClient:
             body["expires_at"] = expires_at
         return dict(self._call("POST", f"/admin/orgs/{org_id}/grants", body))
 
-    def key(self, user_id: str, org_id: str | None = None, name: str = "key") -> tuple[str, str]:
-        body: dict[str, Any] = {"user_id": user_id, "name": name}
+    def key(self, user_id: str, org_id: str | None = None, name: str = "key", **scope: Any) -> tuple[str, str]:
+        """A key (optionally scoped: models, routes, read_only, limit_millicredits, limit_period)."""
+        body: dict[str, Any] = {"user_id": user_id, "name": name, **scope}
         if org_id:
             body["org_id"] = org_id
         created = self._call("POST", "/admin/keys", body)
         return str(created["id"]), str(created["key"])
+
+    def patch_key(self, key_id: str, **changes: Any) -> dict[str, Any]:
+        return dict(self._call("PATCH", f"/admin/keys/{key_id}", changes))
 
     def revoke(self, key_id: str) -> None:
         self._call("DELETE", f"/admin/keys/{key_id}")

@@ -1,4 +1,5 @@
-"""Authenticate: the `Authorization: Bearer <key>` header names a stored, unrevoked API key."""
+"""Authenticate: the `Authorization: Bearer <key>` header names a stored, unrevoked API key whose scope
+(proxy/directory/scopes.py) covers the route."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Protocol
 
 from proxy.config.settings import Secret
 from proxy.directory.apikeys import hash_key
+from proxy.directory.scopes import check_route
 from proxy.directory.types import ApiKey
 from proxy.errors import ProxyError
 from proxy.gateway.context import RequestContext
@@ -37,4 +39,6 @@ class Authenticate:
             raise ProxyError.invalid_api_key()
         if key.revoked:
             raise ProxyError.revoked_api_key()
+        if ctx.route != "caller":  # a model route, always a POST (the caller's routes check their own path)
+            check_route(key, "POST", "/v1/" + ctx.route)
         ctx.key = key

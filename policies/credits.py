@@ -28,10 +28,11 @@ from typing import Any
 from policies.config import pinned
 from policies.fit import AUTO, REFUSALS_DOWNGRADED, choose_auto, fits, lower_model
 from policies.model import OUTPUT_CAPS, serve_at
-from policies.settlement import IMAGES, Books, Record, Settle, requested
+from policies.settlement import IMAGES, Books, Record, Settle, requested, streamed
 from proxy.config.catalogue import Catalogue, Model, Price
 from proxy.config.live import Snapshot
 from proxy.config.policy import PolicyConfig, Tier
+from proxy.directory.scopes import narrow
 from proxy.errors import ProxyError
 from proxy.gateway.context import OutputMeter, RequestContext
 from proxy.gateway.tokens import TokenCounter, bound, large_prompt, prompt_count
@@ -83,7 +84,8 @@ class ReserveCredits:
         member = ctx.require_membership()
         config = pinned(ctx, self._config)  # held here, settled by Settle at these same prices
         model = config.catalogue.get(ctx.model or "")
-        tier = config.policy.tier(member.org_tier)
+        org_tier = config.policy.tier(member.org_tier)
+        tier = None if org_tier is None else narrow(org_tier, ctx.key)  # what a scoped key may choose from
         if model is None or tier is None:
             raise RuntimeError("RewriteModel must run before ReserveCredits")
         if not model.priced_for(ctx.route) and not ctx.byok:
@@ -124,7 +126,9 @@ class ReserveCredits:
         key, member = ctx.require_key(), ctx.require_membership()
         cpu = config.policy.credits_per_usd
         factor = tariffs.factor(markup, ctx.multiplier)
-        amount = 0 if ctx.byok else self.books.tariff(model.highest, factor, cpu).charge(*_bound_units(ctx))
+        units = _bound_units(ctx)
+        ctx.output_bound = units[1]
+        amount = 0 if ctx.byok else self.books.tariff(model.highest, factor, cpu).charge(*units)
         rates, listed = self._rates(model, Decimal(0) if ctx.byok else factor, cpu)
         request = HoldRequest(
             org_id=member.org_id,
@@ -140,6 +144,9 @@ class ReserveCredits:
             list_input_rate=listed.input,
             list_output_rate=listed.output,
             price_version=config.version,
+            end_user=ctx.end_user,
+            tags=ctx.tags,
+            power_level=ctx.power_level,
         )
         ctx.hold = await self.ledger.reserve(request)  # a cancelled reserve leaves no hold (Ledger)
         return factor
@@ -224,7 +231,7 @@ class ReserveCredits:
 
     async def _checkpoint(self, ctx: RequestContext, hold: Hold) -> None:
         try:
-            await self.ledger.checkpoint(hold.org_id, hold.request_id, ctx.meter.tokens())
+            await self.ledger.checkpoint(hold.org_id, hold.request_id, streamed(ctx))
         except Exception as exc:  # a missed checkpoint only makes the sweeper's fallback older
             log.warning("checkpoint failed: %s", type(exc).__name__)
 

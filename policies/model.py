@@ -10,6 +10,7 @@ from policies.fit import AUTO, choose_auto, wants_downgrade
 from proxy.config.catalogue import Catalogue, Model
 from proxy.config.live import Snapshot
 from proxy.config.policy import PolicyConfig, PowerLevel, Tier
+from proxy.directory.scopes import check_model, narrow
 from proxy.errors import ProxyError
 from proxy.gateway.body import positive_int
 from proxy.gateway.context import RequestContext
@@ -51,7 +52,7 @@ class RewriteModel:
             log.error("org %s has tier %r, which the policy file does not define", member.org_id, member.org_tier)
             raise ProxyError.permission("model_not_allowed", "Your organization's tier allows no models.")
         ctx.downgrade = wants_downgrade(ctx.headers, tier)
-        model = _model(ctx, config.catalogue, level, tier)
+        model = _model(ctx, config.catalogue, level, narrow(tier, ctx.key))  # a scoped key narrows the tier
         serve_at(ctx, policy, level, model)
 
 
@@ -109,6 +110,7 @@ def _model(ctx: RequestContext, catalogue: Catalogue, level: PowerLevel, tier: T
         raise ProxyError.not_found("model_not_found", f"The model '{name[:128]}' does not exist.")
     if not model.serves(ctx.route):
         raise ProxyError.invalid_value("model", f"The model '{name}' does not serve /{ctx.route}.")
+    check_model(ctx.key, name)
     if not tier.allows(name):
         raise ProxyError.permission("model_not_allowed", f"Your organization's tier does not include '{name}'.")
     return model

@@ -3,7 +3,8 @@ import and nothing is attached after construction.
 
 Routes (CONTRACT.md, Client API), under `/v1` and `/api/v1/llm`: POST chat/completions, completions,
 embeddings, images/generations, responses (the billed passthrough, raw ASGI); the caller's and the operator's
-JSON APIs; GET models and models/{id}; `/healthz`, `/readyz`, `/metrics`, `/openapi.json` and `/docs`.
+JSON APIs and the `/console` web UI; GET models and models/{id}; `/healthz`, `/readyz`, `/metrics`,
+`/openapi.json` and `/docs`.
 `routes` given to create_app come first, so a route there replaces a default one. Any other route or method is 404
 `route_not_found` (a trailing slash included): nothing passes through unbilled.
 
@@ -45,6 +46,7 @@ from proxy.config.modelinfo import InfoRow, ModelInfoError
 from proxy.config.policy import PolicyConfig, load_policy
 from proxy.config.reload import Reloader
 from proxy.config.settings import Settings
+from proxy.console.routes import console_routes
 from proxy.db.pool import Database
 from proxy.directory.crypto import KeyBox
 from proxy.directory.keycache import KeyCache
@@ -52,6 +54,9 @@ from proxy.directory.membership_cache import CachedMemberships
 from proxy.directory.pg import PgDirectory
 from proxy.directory.responses import PgResponseOwners
 from proxy.errors import ProxyError
+from proxy.export.alerts import PgAlerts
+from proxy.export.deliver import ExportConfig, Exporter
+from proxy.export.outbox import PgOutbox
 from proxy.gateway.context import Policy
 from proxy.gateway.headers import client_response_headers
 from proxy.gateway.params import check_forward_params
@@ -61,7 +66,7 @@ from proxy.gateway.upstream import Upstream
 from proxy.ledger.pg import PgLedger
 from proxy.ledger.replay import Replayer
 from proxy.ledger.spool import Spool
-from proxy.ledger.spool_entry import ledger_id
+from proxy.ledger.spool_entry import Entry, ledger_id
 from proxy.ledger.sweeper import Sweeper
 from proxy.ops.drain import Drain
 from proxy.ops.gauges import Gauges
@@ -197,12 +202,17 @@ def _billing(settings: Settings, upstream: Upstream, metrics: Metrics) -> _Billi
     keys = KeyCache(directory, settings.redis_url)
     keybox = KeyBox(settings.byok_keys)
     counter = TokenCounter()
+    # usage export and budget alerts: the outbox the ledger's triggers fill, delivered by one loop per process
+    outbox, alerts = PgOutbox(database), PgAlerts(database)
+    exporter = Exporter(outbox, metrics, ExportConfig.of(settings))
     # the rate limits' client (short timeouts, no retries); also the readiness ping
     limits = rate_limit_redis(settings.redis_url.reveal(), timeout=settings.ratelimit_timeout_seconds)
     sweeper = Sweeper(ledger, float(policy.sweep_interval_seconds), on_expired=metrics.hold_expired)
     # settlements the ledger cannot take during an outage wait on local disk; the replayer posts them after
     spool = Spool(settings.spool_dir, ledger_id(settings.database_url.reveal()), on_depth=metrics.set_spool_depth)
     replayer = Replayer(spool, ledger, on_replayed=metrics.replayed)
+    ledger.on_lost_void = lambda org_id, request_id: spool.append(
+        Entry.of(org_id, request_id, None, {"failure": "reserve_outcome_unknown"}))
     # the chain reads memberships through a one-second cache; reserve re-checks them authoritatively
     chain = default_policies(keys=keys, directory=CachedMemberships(directory), ledger=ledger, policy=policy,
                              catalogue=catalogue, keybox=keybox, counter=counter, record=metrics.settled,
@@ -218,7 +228,10 @@ def _billing(settings: Settings, upstream: Upstream, metrics: Metrics) -> _Billi
         *response_routes(identify=checked(identify_with((Authenticate(keys), ResolveOrg(directory)))),
                          owners=owners, fetch=upstream.get),
         *admin_routes(directory, ledger, admin_token=settings.admin_token, lookup_key=keys.get,
-                      on_revoke=keys.revoke, tiers=tiers, power_levels=levels),
+                      on_revoke=keys.revoke, tiers=tiers, power_levels=levels, dead_letters=outbox,
+                      alerts=alerts),
+        *console_routes(directory, ledger, database, admin_token=settings.admin_token, lookup_key=keys.get,
+                        tiers=tiers, power_levels=levels, alerts=alerts, on_revoke=keys.revoke),
         *openapi_routes(tiers=tiers, power_levels=levels),
     ]
 
@@ -251,6 +264,7 @@ def _billing(settings: Settings, upstream: Upstream, metrics: Metrics) -> _Billi
         Step(_nothing, limits.aclose),
         Step(_start(sweeper), sweeper.stop),
         gauge,
+        exporter,  # delivers the outbox (CREDITGATE_EXPORT_URL), counts budget alerts
     )
     return _Billing(chain, routes, (database.postgres, schema.schema, redis, catalogue_check), parts, schema,
                     tuple(levels))

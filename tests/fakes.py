@@ -47,7 +47,7 @@ class FakeLedger:
     fields is 409), and move `balance` (and `granted`); `pool` is that state. `entries` lists the
     journal newest (highest id) first, the org's rows (a row without "org_id" is in every org) or one
     user's, paged by id. `credits`, `usage`, `provider_usage` and `request` answer the canned
-    `credits_row`, `usage_rows`, `provider_usage_row` and `requests`.
+    `credits_row`, `usage_rows`, `provider_usage_row` and `requests`; `usage_records` pages `record_rows`.
     """
 
     # hot path: knobs
@@ -69,6 +69,7 @@ class FakeLedger:
     credits_row: Row = field(default_factory=lambda: _copy(CREDITS_ROW))
     provider_usage_row: Row = field(default_factory=lambda: _copy(PROVIDER_USAGE_ROW))
     requests: dict[tuple[str, str], Row] = field(default_factory=dict)
+    record_rows: list[Row] = field(default_factory=list)  # what `usage_records` pages through
     # admin side: what it was asked
     calls: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
 
@@ -151,7 +152,7 @@ class FakeLedger:
         self.calls.append(("pool", (org_id,)))
         return self._pool(org_id)
 
-    async def credits(self, org_id: str, user_id: str) -> Row:
+    async def credits(self, org_id: str, user_id: str, key_id: str | None = None) -> Row:
         self.calls.append(("credits", (org_id, user_id)))
         return {"org_id": org_id, **_copy(self.credits_row)}
 
@@ -171,10 +172,25 @@ class FakeLedger:
         return rows[:limit], len(rows) > limit
 
     async def usage(
-        self, org_id: str, *, group_by: str, user_id: str | None, start: datetime | None, end: datetime | None
+        self, org_id: str, *, group_by: str, user_id: str | None, start: datetime | None, end: datetime | None,
+        end_user: str | None = None, tag: str | None = None, limit: int | None = None,
     ) -> Sequence[Row]:
-        self.calls.append(("usage", (org_id, group_by, user_id, start, end)))
-        return [{group_by: row["group"], **{k: v for k, v in row.items() if k != "group"}} for row in self.usage_rows]
+        self.calls.append(("usage", (org_id, group_by, user_id, start, end, end_user, tag, limit)))
+        rows = [{group_by: row["group"], **{k: v for k, v in row.items() if k != "group"}} for row in self.usage_rows]
+        return rows if limit is None else rows[:limit + 1]
+
+    async def usage_records(
+        self, org_id: str, *, user_id: str | None, start: datetime, end: datetime, end_user: str | None,
+        tag: str | None, after: tuple[datetime, str] | None, limit: int,
+    ) -> Sequence[Row]:
+        """`record_rows` (each with "recorded_at" and "request_id"), of the org when they name one, in
+        keyset order after `after`: the filters are recorded in `calls`, not applied."""
+        self.calls.append(("usage_records", (org_id, user_id, start, end, end_user, tag, after, limit)))
+        rows = sorted((r for r in self.record_rows if r.get("org_id", org_id) == org_id),
+                      key=lambda r: (r["recorded_at"], r["request_id"]))
+        if after is not None:
+            rows = [r for r in rows if (r["recorded_at"], r["request_id"]) > after]
+        return [{k: v for k, v in r.items() if k != "org_id"} for r in rows[:limit]]
 
     async def request(self, org_id: str, request_id: str) -> Row | None:
         self.calls.append(("request", (org_id, request_id)))

@@ -15,6 +15,7 @@ from starlette.routing import Route
 from devstack import services
 from proxy.app import Step, create_app
 from proxy.config.settings import Secret
+from proxy.console.session import Sessions
 from proxy.gateway.context import RequestContext
 from tests.gateway.conftest import ServerThread, chat, make_settings
 
@@ -79,17 +80,33 @@ def concrete(path: str) -> str:
     return re.sub(r"\{(\w+)(?::\w+)?\}", lambda m: SAMPLE.get(m.group(1), "sample_1"), path)
 
 
+def assert_console_page(method: str, path: str, answer: httpx.Response) -> None:
+    """A console answer: an HTML page (the style sheet aside) or a redirect to sign in, never a 5xx but 503."""
+    assert answer.status_code < 500 or answer.status_code == 503, (method, path, answer.text)
+    if answer.status_code == 303:
+        assert answer.headers["location"] in ("/console", "/console/login"), (method, path)
+    elif path == "/console/static/console.css" and answer.status_code == 200:
+        assert answer.headers["content-type"] == "text/css; charset=utf-8"
+    else:
+        assert answer.headers["content-type"] == "text/html; charset=utf-8", (method, path, answer.text)
+        assert answer.headers["content-security-policy"].startswith("default-src 'self'")
+
+
 async def test_every_route_answers_the_contracts_json_before_the_lifespan_opened_anything(
         fernet_key: Secret) -> None:
     """The whole product's route table, with nothing opened (as before start-up completes or after shutdown):
     every method of every route, and one it does not allow, for the operator, a member's key and nobody.
     Every error is `{"error": {...}}` JSON with the request id: 503 ledger_unavailable where the database is
-    needed, 502 where LiteLLM is, a 404 for a method a path does not serve; never a 500, never text/plain."""
+    needed, 502 where LiteLLM is, a 404 for a method a path does not serve; never a 500, never text/plain. The
+    /console pages answer HTML (a redirect to sign in without a session, a 503 page where the database is needed)."""
     settings = make_settings("http://127.0.0.1:9", byok_keys=(fernet_key,))
     app = create_app(settings)
-    routes = [r for r in app.routes if isinstance(r, Route)]
-    assert len(routes) > 40 and all(r.methods for r in routes)
-    callers = ({"authorization": "Bearer admin-token-for-core-tests"}, {"authorization": "Bearer sk-cg-member"}, {})
+    # every route names its methods, but the console's last two, which answer any other method with a page
+    catch_all = {r.path for r in app.routes if isinstance(r, Route) and not r.methods}
+    routes = [r for r in app.routes if isinstance(r, Route) and r.methods]
+    assert len(routes) > 40 and catch_all == {"/console", "/console/{rest:path}"}
+    callers: tuple[dict[str, str], ...] = (
+        {"authorization": "Bearer admin-token-for-core-tests"}, {"authorization": "Bearer sk-cg-member"}, {})
     seen: set[tuple[str, int, str | None]] = set()
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
         served: dict[str, set[str]] = {}
@@ -103,6 +120,10 @@ async def test_every_route_answers_the_contracts_json_before_the_lifespan_opened
                     answer = await client.request(method, path, headers={**headers, "x-request-id": "rt-1"},
                                                   json={"model": "fake-small", "messages": []})
                     assert answer.headers.get("x-request-id") == "rt-1", (method, path)
+                    if path.startswith("/console"):  # the web UI answers pages, never JSON (405 a page too)
+                        assert_console_page(method, path, answer)
+                        assert method != wrong or answer.status_code == 405, (method, path)
+                        continue
                     if answer.status_code < 400 or method == "HEAD":
                         continue
                     assert answer.headers["content-type"] == "application/json", (method, path, answer.text)
@@ -113,6 +134,22 @@ async def test_every_route_answers_the_contracts_json_before_the_lifespan_opened
                     assert set(error) == {"message", "type", "param", "code"}, (method, path)
                     assert answer.status_code in (400, 401, 403, 404, 410, 413, 502, 503), (method, path, answer.text)
                     seen.add((method if method == wrong else "ok", answer.status_code, error["code"]))
+        # the console with an operator's session: what needs the database is a 503 page, nothing is a 500
+        _, session = Sessions(settings.admin_token).issue("operator")
+        pages = {template: methods for template, methods in served.items() if template.startswith("/console")}
+        statuses = set()
+        for template, methods in pages.items():
+            for method in sorted(methods):
+                answer = await client.request(method, concrete(template), data={"csrf": "x"},
+                                              headers={"origin": "http://gw", "cookie": f"cg_console={session}"})
+                assert_console_page(method, template, answer)
+                statuses.add(answer.status_code)
+        assert len(pages) == 15 and statuses == {200, 401, 403, 503}
+        for method, path, status in (("GET", "/console/nowhere", 404), ("BREW", "/console/nowhere", 404),
+                                     ("BREW", "/console", 405), ("DELETE", "/console/login", 405)):
+            answer = await client.request(method, path, headers={"cookie": f"cg_console={session}"})
+            assert answer.status_code == status, (method, path)
+            assert_console_page(method, path, answer)
     codes = {(status, code) for _, status, code in seen}
     assert {(503, "ledger_unavailable"), (401, "invalid_api_key"), (404, "route_not_found")} <= codes
     assert {(status, code) for m, status, code in seen if m != "ok"} == {(404, "route_not_found")}

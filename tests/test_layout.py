@@ -9,8 +9,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # lowest first: a part may import only the parts before it (proxy/__init__.py says what each owns)
-ORDER = ("errors", "tasks", "config", "db", "directory", "ledger", "ops", "gateway", "policies", "api", "caller",
-         "admin", "app", "cli")
+ORDER = ("errors", "tasks", "config", "db", "directory", "ledger", "ops", "export", "gateway", "policies", "api",
+         "caller", "admin", "console", "app", "cli")
 # declarations only (dataclasses, protocols, SQL text): their behaviour is tested through what implements them
 DECLARATIONS = {
     "proxy/directory/types.py": "dataclasses and the Directory protocol (tests/directory/test_pg.py)",
@@ -18,6 +18,7 @@ DECLARATIONS = {
     "proxy/ledger/types.py": "dataclasses and the Ledger protocol (tests/ledger/test_pg.py)",
     "proxy/api/stores.py": "the store protocols the routes depend on (tests/caller, tests/admin)",
     "proxy/admin/deps.py": "the admin handlers' shared dependencies (tests/admin/test_routes.py)",
+    "proxy/console/deps.py": "the console pages' shared dependencies (tests/console/test_routes.py)",
 }
 
 

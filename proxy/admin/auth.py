@@ -20,6 +20,7 @@ from proxy.admin.input import path_id
 from proxy.api.jsonapi import check_params
 from proxy.config.settings import Secret
 from proxy.directory.apikeys import hash_key
+from proxy.directory.scopes import check_route
 from proxy.directory.types import ApiKey, Membership
 from proxy.errors import ProxyError
 
@@ -69,6 +70,7 @@ class Authorizer:
             raise ProxyError.invalid_api_key()
         if key.revoked:
             raise ProxyError.revoked_api_key()
+        check_route(key, request.method, request.url.path)
         return Caller(key.user_id, key)
 
     async def operator(self, request: Request) -> Caller:

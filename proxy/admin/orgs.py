@@ -25,10 +25,11 @@ from proxy.api.jsonapi import (
     query_id,
     time_window,
 )
+from proxy.api.usage import MAX_GROUPS, attribution_filters, bounded, usage_csv
 from proxy.db.pool import Row, serial_cursor
 from proxy.errors import ProxyError
 
-GROUPS = ("user", "model", "day", "price_version")
+GROUPS = ("user", "model", "day", "price_version", "key_id", "end_user", "tag", "power_level")
 
 
 def org_not_found() -> ProxyError:
@@ -109,16 +110,27 @@ class OrgRoutes:
         return json_response(result)
 
     async def usage(self, request: Request) -> Response:
-        """Usage totals, `group_by` user|model|day|price_version, optionally one `user_id`, within [start, end) (an
-        empty or reversed window is 400 naming `end`, as on the caller's /v1/usage)."""
+        """Usage totals, `group_by` user|model|day|price_version|key_id|end_user|tag|power_level, optionally one
+        `user_id`, `end_user` or `tag`, within [start, end) (an empty or reversed window is 400 naming `end`, as on the
+        caller's /v1/usage); at most MAX_GROUPS groups (`has_more` when there are more)."""
         _, org_id = await self.d.auth.org_admin(request)
         params = request.query_params
         group_by = query_choice(params, "group_by", GROUPS, "model")
         user_id = query_id(params, "user_id", "usr")
         start, end = time_window(params)
+        end_user, tag = attribution_filters(params)
         await self._existing(org_id)
-        rows = await self.d.ledger.usage(org_id, group_by=group_by, user_id=user_id, start=start, end=end)
-        return listing(list(rows), False)
+        rows = await self.d.ledger.usage(org_id, group_by=group_by, user_id=user_id, start=start, end=end,
+                                         end_user=end_user, tag=tag, limit=MAX_GROUPS)
+        return listing(*bounded(rows))
+
+    async def usage_csv(self, request: Request) -> Response:
+        """GET /admin/orgs/{org}/usage.csv: the org's usage records in [start, end) as a CSV download
+        (proxy/api/usage.py), optionally of one `user_id`, `end_user` or `tag`."""
+        _, org_id = await self.d.auth.org_admin(request)
+        user_id = query_id(request.query_params, "user_id", "usr")
+        await self._existing(org_id)
+        return await usage_csv(self.d.ledger, org_id, user_id, request.query_params, org_id)
 
     async def audit(self, request: Request) -> Response:
         """GET /admin/audit (operator; `org_id` filters) and GET /admin/orgs/{org}/audit (org admins):

@@ -7,7 +7,9 @@ bound to an org reach every org of their user, so only the operator creates, lis
 revokes those. An org admin never learns whether an id exists outside their org: an unknown user and
 someone else's user are the same 404 `member_not_found`, an unknown key and another org's key the same
 403 `not_a_member`. A created key is in the creating response only; listings show its prefix. A
-revocation is broadcast through `on_revoke` (the key's hash) so every replica drops it.
+revocation, or a change of a key's scope (PATCH), is broadcast through `on_revoke` (the key's hash) so every
+replica drops it and reads it again. A key's scope and spend limit (proxy/directory/scopes.py) are set by
+whoever may create it: the operator, or an admin of the org it is bound to.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from proxy.admin.deps import AdminDeps
 from proxy.admin.input import email, email_or_none, path_id
 from proxy.admin.orgs import org_not_found
 from proxy.api.answers import MemberRemoved
-from proxy.api.bodies import CreateKey, CreateUser, PutMember
+from proxy.api.bodies import CreateKey, CreateUser, PatchKey, PutMember
 from proxy.api.jsonapi import id_cursor, json_response, listing, page, query_id
 from proxy.db.pool import Row
+from proxy.directory.scopes import parse_models, parse_routes
+from proxy.directory.types import KeyScope
 from proxy.errors import ProxyError
 
 log = logging.getLogger(__name__)
@@ -123,8 +127,10 @@ class PeopleRoutes:
         await self._key_org(caller, org_id)
         if not caller.is_operator and user_id != caller.actor:
             await self._not_another_admin(user_id, org_id)
+        scope = KeyScope(parse_models(body.models), parse_routes(body.routes), body.read_only,
+                         body.limit_millicredits, body.limit_period)
         try:
-            created = await self.d.directory.create_key(user_id, org_id, name, caller.actor)
+            created = await self.d.directory.create_key(user_id, org_id, name, caller.actor, scope)
         except ProxyError as exc:
             if caller.is_operator or exc.code not in ("user_not_found", "org_not_found", "not_a_member"):
                 raise
@@ -150,11 +156,9 @@ class PeopleRoutes:
         rows, has_more = await self.d.directory.list_keys(user_id, org_id, limit, after)
         return listing(rows, has_more)
 
-    async def revoke_key(self, request: Request) -> Response:
-        """The operator revokes any key; an org admin, through a key bound to their org, a key bound to
-        that org. Anything else is the same 403 whether the key exists or not."""
-        caller = await self.d.auth.caller(request)
-        key_id = path_id(request, "key", "key")
+    async def _key_in_lane(self, caller: Caller, key_id: str) -> None:
+        """The operator reaches any key (404 for an unknown one); an org admin, through a key bound to their
+        org, a key bound to that org. Anything else is the same 403 whether the key exists or not."""
         if not caller.is_operator:
             org_id = self._implied_org(caller, None)
             await self._key_org(caller, org_id)  # no org implied: operator_only, before the key is looked up
@@ -163,6 +167,32 @@ class PeopleRoutes:
                 raise ProxyError.permission("not_a_member", "That key is not in an organization you administer.")
         elif await self.d.directory.get_key(key_id) is None:
             raise ProxyError.not_found("key_not_found", "Unknown API key.")
+
+    async def update_key(self, request: Request) -> Response:
+        """Change a key's name, scope or limit (only the fields sent); in the same lanes as a revocation."""
+        caller = await self.d.auth.caller(request)
+        key_id = path_id(request, "key", "key")
+        await self._key_in_lane(caller, key_id)
+        body = await self.d.bodies.read(request, PatchKey)
+        changes = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not UNSET}
+        if not changes:
+            raise ProxyError.invalid_value(None, "Nothing to change: send 'name', 'models', 'routes', 'read_only', "
+                                                 "'limit_millicredits' and/or 'limit_period'.")
+        if "models" in changes:
+            changes["models"] = _listed(parse_models(changes["models"]))
+        if "routes" in changes:
+            changes["routes"] = _listed(parse_routes(changes["routes"]))
+        key_hash = await self.d.directory.update_key(key_id, changes, caller.actor)
+        if key_hash is None:  # pragma: no cover - keys are never deleted
+            raise ProxyError.not_found("key_not_found", "Unknown API key.")
+        await self._broadcast(key_hash, "changed", "PATCH")
+        return json_response(await self.d.directory.get_key(key_id))
+
+    async def revoke_key(self, request: Request) -> Response:
+        """Revoke a key, in its lanes (`_key_in_lane`)."""
+        caller = await self.d.auth.caller(request)
+        key_id = path_id(request, "key", "key")
+        await self._key_in_lane(caller, key_id)
         key_hash = await self.d.directory.revoke_key(key_id, caller.actor)
         if key_hash is None:  # pragma: no cover - keys are never deleted
             raise ProxyError.not_found("key_not_found", "Unknown API key.")
@@ -170,14 +200,18 @@ class PeopleRoutes:
         revoked: Row | None = await self.d.directory.get_key(key_id)
         return json_response(revoked)
 
-    async def _broadcast(self, key_hash: str) -> None:
+    async def _broadcast(self, key_hash: str, done: str = "revoked", method: str = "DELETE") -> None:
         try:
             await self.d.on_revoke(key_hash)
-        except Exception as exc:  # the revocation is stored; a retry of the DELETE broadcasts it again
-            log.warning("revocation broadcast failed: %s", type(exc).__name__)
+        except Exception as exc:  # the change is stored; a retry of the request broadcasts it again
+            log.warning("key broadcast failed: %s", type(exc).__name__)
             raise ProxyError(
                 503,
                 "service_unavailable",
                 "revocation_not_broadcast",
-                "The key is revoked but not every replica could be told yet; retry the DELETE.",
+                f"The key is {done} but not every replica could be told yet; retry the {method}.",
             ) from None
+
+
+def _listed(values: tuple[str, ...] | None) -> list[str] | None:
+    return None if values is None else list(values)

@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute, Route
 
 from proxy.admin.auth import Authorizer
 from proxy.admin.deps import AdminDeps, AdminDirectory
+from proxy.admin.exports import Alerts, DeadLetters, ExportRoutes
 from proxy.admin.orgs import OrgRoutes
 from proxy.admin.people import PeopleRoutes
 from proxy.admin.prices import PriceRoutes
@@ -32,10 +33,13 @@ def admin_routes(
     on_revoke: Callable[[str], Awaitable[None]],
     tiers: Collection[str],
     power_levels: Collection[str],
+    dead_letters: DeadLetters | None = None,
+    alerts: Alerts | None = None,
 ) -> list[BaseRoute]:
     """The /admin routes. `lookup_key` finds an API key by its SHA-256 hex hash (the app's cached
     lookup); `on_revoke` receives a revoked key's hash and must tell every replica within a second
-    (if it raises, the DELETE answers 503 and may be retried: revoking is idempotent)."""
+    (if it raises, the DELETE answers 503 and may be retried: revoking is idempotent). With `dead_letters`
+    and `alerts` (proxy/export/) the export's and budget alerts' routes are mounted too."""
     deps = AdminDeps(
         directory=directory,
         ledger=ledger,
@@ -44,7 +48,18 @@ def admin_routes(
         bodies=BodyReader(tiers=tiers, power_levels=power_levels),
     )
     orgs, people, prices = OrgRoutes(deps), PeopleRoutes(deps), PriceRoutes(deps)
+    exports: list[BaseRoute] = []
+    if dead_letters is not None and alerts is not None:  # the export's stores (the app always gives them)
+        ex = ExportRoutes(deps, dead_letters, alerts)
+        exports = [
+            Route("/admin/orgs/{org}/alerts", ex.alerts, methods=["GET"]),
+            Route("/admin/orgs/{org}/alert-thresholds", ex.get_thresholds, methods=["GET"]),
+            Route("/admin/orgs/{org}/alert-thresholds", ex.put_thresholds, methods=["PUT"]),
+            Route("/admin/export/dead-letters", ex.dead_letters, methods=["GET"]),
+            Route("/admin/export/dead-letters/{event}/retry", ex.retry, methods=["POST"]),
+        ]
     return [
+        *exports,
         Route("/admin/orgs", orgs.create, methods=["POST"]),
         Route("/admin/orgs", orgs.list_all, methods=["GET"]),
         Route("/admin/orgs/{org}", orgs.get, methods=["GET"]),
@@ -52,6 +67,7 @@ def admin_routes(
         Route("/admin/orgs/{org}/grants", orgs.grant, methods=["POST"]),
         Route("/admin/orgs/{org}/adjustments", orgs.adjust, methods=["POST"]),
         Route("/admin/orgs/{org}/usage", orgs.usage, methods=["GET"]),
+        Route("/admin/orgs/{org}/usage.csv", orgs.usage_csv, methods=["GET"]),
         Route("/admin/orgs/{org}/ledger", orgs.ledger, methods=["GET"]),
         Route("/admin/orgs/{org}/audit", orgs.audit, methods=["GET"]),
         Route("/admin/audit", orgs.audit, methods=["GET"]),
@@ -62,6 +78,7 @@ def admin_routes(
         Route("/admin/users", people.list_users, methods=["GET"]),
         Route("/admin/keys", people.create_key, methods=["POST"]),
         Route("/admin/keys", people.list_keys, methods=["GET"]),
+        Route("/admin/keys/{key}", people.update_key, methods=["PATCH"]),
         Route("/admin/keys/{key}", people.revoke_key, methods=["DELETE"]),
         Route("/admin/price-versions", prices.list_all, methods=["GET"]),
         Route("/admin/price-versions/{version}", prices.get, methods=["GET"]),

@@ -159,13 +159,21 @@ class JournalEntry(Answer):
 
 
 class Usage(Answer, kw_only=True):
-    """Usage totals of one group: the group's key is `user`, `model`, `day` (YYYY-MM-DD, UTC) or
-    `price_version`."""
+    """Usage totals of one group: the group's key is `user`, `model`, `day` (YYYY-MM-DD, UTC),
+    `price_version`, `key_id`, `end_user` (null: requests without a `user`), `tag` (a request counts in each of
+    its tags, so tag totals may exceed the total; null: untagged requests) or `power_level` (the level that
+    served it; null: recorded before levels were kept)."""
 
     user: str | UnsetType = UNSET
     model: str | None | UnsetType = UNSET
     day: str | UnsetType = UNSET
     price_version: PriceVersionId | UnsetType = UNSET
+    key_id: Annotated[str, Meta(description="The API key's id (never the key).")] | UnsetType = UNSET
+    end_user: Annotated[str | None, Meta(description="The OpenAI `user` field the requests carried.")] | UnsetType = (
+        UNSET)
+    tag: Annotated[str | None, Meta(description="One X-Tags tag.")] | UnsetType = UNSET
+    power_level: Annotated[str | None, Meta(description="The power level that served the requests.")] | UnsetType = (
+        UNSET)
     requests: int
     prompt_tokens: int | None
     completion_tokens: int | None
@@ -190,6 +198,17 @@ class User(Answer):
     created_at: datetime
 
 
+class KeyUsage(Answer):
+    """A key's spend in its limit period (millicredits): `available` is what its limit leaves (null: no limit)."""
+
+    limit: int | None
+    used: int
+    held: int
+    available: int | None
+    period: str
+    resets_at: datetime | None
+
+
 class ApiKey(Answer):
     """An API key as listings show it: its prefix, never the key."""
 
@@ -201,6 +220,12 @@ class ApiKey(Answer):
     created_at: datetime
     revoked_at: datetime | None
     revoked: bool
+    models: Annotated[list[str] | None, Meta(description="null: every model the org's tier allows.")]
+    routes: Annotated[list[str] | None, Meta(description="Path prefixes; null: every route.")]
+    read_only: bool
+    limit_millicredits: Annotated[int | None, Meta(description="The key's own spend limit; null: none.")]
+    limit_period: str
+    usage: Annotated[KeyUsage | None, Meta(description="Its spend this period in its bound org; null if unbound.")]
 
 
 class CreatedApiKey(ApiKey):
@@ -211,6 +236,42 @@ class MemberRemoved(Answer):
     org_id: str
     user_id: str
     deleted: bool
+
+
+class DeadLetter(Answer):
+    """An export event no longer retried (proxy/export/): the receiver refused it with a 4xx, or it failed
+    CREDITGATE_EXPORT_MAX_ATTEMPTS times. `properties` is the event's, as it is sent."""
+
+    id: Annotated[str, Meta(description="The event's id (a decimal string); also the page cursor.")]
+    org_id: str
+    code: Literal["llm_usage", "llm_usage_correction", "credit_grant", "credit_adjustment", "budget_alert"]
+    transaction_id: str
+    occurred_at: datetime
+    properties: dict[str, Any]
+    attempts: int
+    last_status: Annotated[int | None, Meta(description="The receiver's last HTTP status; null: no answer.")]
+    last_error: str | None
+    created_at: datetime
+    dead_at: Annotated[datetime | None, Meta(description="Null once retried (the retry's answer).")]
+
+
+class BudgetAlert(Answer):
+    """A budget threshold crossed, once per threshold per period: the pool's (spent + held against granted;
+    its period starts at its latest grant) or a member's allocation (used + held against the limit)."""
+
+    id: str
+    scope: Literal["pool", "allocation"]
+    user_id: Annotated[str | None, Meta(description="The member (allocation alerts); null for the pool.")]
+    threshold: Annotated[int, Meta(description="Percent.")]
+    period_start: datetime
+    used_millicredits: Millicredits
+    budget_millicredits: Annotated[int, Meta(description="Granted credit (pool) or the allocation limit.")]
+    fired_at: datetime
+
+
+class AlertThresholds(Answer):
+    pool: Annotated[list[int], Meta(description="Percents of the pool's granted credit.")]
+    allocation: Annotated[list[int], Meta(description="Percents of each member's allocation limit.")]
 
 
 # ---------------------------------------------------------------------------------------------- caller
@@ -231,12 +292,26 @@ class Allocation(Answer):
     resets_at: datetime | None
 
 
+class KeyCredit(Answer):
+    """The calling key's spend in this org this period: `limit` null = no limit of its own."""
+
+    id: str
+    limit: int | None
+    used: int
+    held: int
+    available: int
+    period: str
+    resets_at: datetime | None
+
+
 class Credits(Answer):
-    """GET /v1/credits: the active org's pool and the caller's allocation in it."""
+    """GET /v1/credits: the active org's pool, the caller's allocation in it, and the calling key's own limit
+    (its third bound): `available` there is the smallest of the three."""
 
     org_id: str
     pool: PoolCredit
     allocation: Allocation
+    key: Annotated[KeyCredit | None, Meta(description="null when the caller is not an API key.")] = None
 
 
 class RequestRecord(Answer):

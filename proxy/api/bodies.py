@@ -125,13 +125,75 @@ class PutMember(Body):
     suspended: Flag | None | UnsetType = UNSET
 
 
+# a scoped key's lists (proxy/directory/scopes.py checks each entry's form after decoding)
+KeyModels = Annotated[
+    list[Annotated[str, Meta(min_length=1, max_length=128)]],
+    Meta(min_length=1, max_length=32,
+         description="Model names the key may use (auto and downgrades choose among them); null: every model the "
+                     "org's tier allows.", examples=[["gpt-4o-mini"]]),
+    Rule("'{name}' must be null or a list of 1 to 32 model names."),
+]
+KeyRoutes = Annotated[
+    list[Annotated[str, Meta(min_length=1, max_length=128)]],
+    Meta(min_length=1, max_length=32,
+         description="Path prefixes the key may call ('/api/v1/llm' is '/v1'); null: every route.",
+         examples=[["/v1/chat/completions", "/v1/credits"]]),
+    Rule("'{name}' must be null or a list of 1 to 32 paths."),
+]
+KeyReadOnly = Annotated[Flag, Meta(description="GET (and HEAD) only.")]
+KeyLimit = Annotated[
+    int, Meta(ge=0, le=MAX_AMOUNT, description="The key's own spend limit per limit_period, held in the same "
+                                               "reserve as the pool and the allocation; null: none. The key "
+                                               "must be bound to an org."),
+    Rule(f"'{{name}}' must be null or an integer from 0 to {MAX_AMOUNT}."),
+]
+KeyPeriod = Annotated[
+    Literal["none", "day", "week", "month"], Meta(description="Calendar periods in UTC."),
+    Rule("'{name}' must be one of: day, month, none, week."),
+]
+
+
 class CreateKey(Body):
     """POST /admin/keys: an API key for `user_id`, bound to `org_id` when given (an org admin's key is
-    always bound to their org). The key is in the answer only."""
+    always bound to their org), optionally scoped: models, routes, read-only, its own spend limit. The key
+    is in the answer only."""
 
     user_id: UserId
     org_id: OrgId | None = None
     name: Annotated[Text200, Meta(examples=["laptop"])] | None = None
+    models: KeyModels | None = None
+    routes: KeyRoutes | None = None
+    read_only: KeyReadOnly = False
+    limit_millicredits: KeyLimit | None = None
+    limit_period: KeyPeriod = "none"
+
+
+class PatchKey(Body):
+    """PATCH /admin/keys/{key}: only the fields sent change (null clears a list or the limit); every replica
+    applies the change within a second."""
+
+    name: Text200 | UnsetType = UNSET
+    models: KeyModels | None | UnsetType = UNSET
+    routes: KeyRoutes | None | UnsetType = UNSET
+    read_only: KeyReadOnly | UnsetType = UNSET
+    limit_millicredits: KeyLimit | None | UnsetType = UNSET
+    limit_period: KeyPeriod | UnsetType = UNSET
+
+
+Thresholds = Annotated[
+    list[Annotated[int, Meta(ge=1, le=100)]],
+    Meta(max_length=10, description="Whole percents; an empty list turns this scope's alerts off."),
+    Rule("'{name}' must be a list of at most 10 whole percents from 1 to 100."),
+]
+
+
+class PutAlertThresholds(Body):
+    """PUT /admin/orgs/{org}/alert-thresholds: the budget alert thresholds of the pool (share of granted
+    credit spent or held) and of each member's allocation (share of the limit used or held in the period);
+    only the scopes sent change."""
+
+    pool: Annotated[Thresholds, Meta(examples=[[50, 80, 100]])] | UnsetType = UNSET
+    allocation: Thresholds | UnsetType = UNSET
 
 
 # ---------------------------------------------------------------------------------------------- caller

@@ -23,7 +23,10 @@ MEMBER: dict[str, Any] = dict(role="member", allocation_millicredits=50_000, all
                               power_level="balanced", suspended=False, suspended_by=None, created_at=AT, updated_at=AT)
 ORG_ROW = a.Org(id=ORG, name="Acme", tier="starter", suspended=False, created_at=AT)
 KEY_ROW = a.ApiKey(id=KEY, user_id=USER, org_id=ORG, name="laptop", prefix="sk-cg-4f2a", created_at=AT,
-                   revoked_at=None, revoked=False)
+                   revoked_at=None, revoked=False, models=["gpt-4o-mini"], routes=["/v1/chat/completions"],
+                   read_only=False, limit_millicredits=20_000, limit_period="month",
+                   usage=a.KeyUsage(limit=20_000, used=1_200, held=300, available=18_500, period="month",
+                                    resets_at=datetime(2026, 12, 1, tzinfo=UTC)))
 PROVIDER_KEY = a.ProviderKey(provider="openai", scope="user", masked_key="****0001", enabled=True, created_at=AT,
                              updated_at=AT)
 MODEL = a.Model(id="gpt-4o-mini", created=1767225600, owned_by="openai")
@@ -42,9 +45,12 @@ EXAMPLES: dict[type[msgspec.Struct], msgspec.Struct] = {
     b.CreateUser: b.CreateUser(email="ann@acme.test", name="Ann"),
     b.PutMember: b.PutMember(role="member", allocation_millicredits=50_000, allocation_period="month",
                              power_level="balanced"),
-    b.CreateKey: b.CreateKey(user_id=USER, org_id=ORG, name="laptop"),
+    b.CreateKey: b.CreateKey(user_id=USER, org_id=ORG, name="laptop", models=["gpt-4o-mini"],
+                             routes=["/v1/chat/completions"], limit_millicredits=20_000, limit_period="month"),
+    b.PatchKey: b.PatchKey(limit_millicredits=50_000, read_only=True),
     b.PutProviderKey: b.PutProviderKey(provider="openai", api_key="sk-proj-your-own-key-0001", scope="user"),
     b.ToggleProviderKey: b.ToggleProviderKey(enabled=False),
+    b.PutAlertThresholds: b.PutAlertThresholds(pool=[50, 80, 100], allocation=[80, 100]),
     # answers
     a.Error: a.Error(error=a.ErrorDetail(message="Missing required field: 'tier'.", type="invalid_request_error",
                                          param="tier", code="missing_field")),
@@ -70,7 +76,9 @@ EXAMPLES: dict[type[msgspec.Struct], msgspec.Struct] = {
     a.ApiKey: KEY_ROW,
     a.CreatedApiKey: a.CreatedApiKey(**msgspec.structs.asdict(KEY_ROW), key="sk-cg-4f2a" + "x" * 39),
     a.Credits: a.Credits(org_id=ORG, pool=a.PoolCredit(balance=997_500, held=2_500, available=995_000),
-                         allocation=ALLOCATION),
+                         allocation=ALLOCATION,
+                         key=a.KeyCredit(id=KEY, limit=20_000, used=1_200, held=300, available=18_500, period="month",
+                                         resets_at=datetime(2026, 12, 1, tzinfo=UTC))),
     a.RequestRecord: a.RequestRecord(request_id="req_01jcz8g2k4m6p8r0t2v4x6z8b0", status="settled",
                                      model="gpt-4o-mini", prompt_tokens=310, completion_tokens=42,
                                      held_millicredits=3_000, charged_millicredits=2_500,
@@ -94,6 +102,15 @@ EXAMPLES: dict[type[msgspec.Struct], msgspec.Struct] = {
     a.Model: MODEL,
     a.ModelList: a.ModelList(data=[MODEL]),
     a.CategorizedModels: a.CategorizedModels(platform=[MODEL], byok=[]),
+    a.DeadLetter: a.DeadLetter(
+        id="1207", org_id=ORG, code="llm_usage", transaction_id="req_01jcz8g2k4m6p8r0t2v4x6z8b0", occurred_at=AT,
+        properties={"model": "gpt-4o-mini", "prompt_tokens": 310, "completion_tokens": 42,
+                    "charged_millicredits": 2_500, "list_price_millicredits": 2_000, "usage_source": "provider"},
+        attempts=1, last_status=400, last_error="HTTP 400", created_at=AT, dead_at=AT),
+    a.BudgetAlert: a.BudgetAlert(id="31", scope="allocation", user_id=USER, threshold=80,
+                                 period_start=datetime(2026, 11, 1, tzinfo=UTC), used_millicredits=40_200,
+                                 budget_millicredits=50_000, fired_at=AT),
+    a.AlertThresholds: a.AlertThresholds(pool=[50, 80, 100], allocation=[80, 100]),
 }
 
 

@@ -80,12 +80,12 @@ def _with_vocabularies(components: dict[str, Schema], vocabularies: dict[str, li
                 branch["enum"] = vocabularies[names[0]]
 
 
-def _content(schema: Schema, body: Any) -> Schema:
+def _content(schema: Schema, body: Any, media_type: str = "application/json") -> Schema:
     found = None if isinstance(body, dict) else example(body)
     media: Schema = {"schema": schema}
     if found is not None:
         media["example"] = msgspec.to_builtins(found)
-    return {"application/json": media}
+    return {media_type: media}
 
 
 def _operation(op: Operation, refs: dict[Any, Schema]) -> Schema:
@@ -101,7 +101,8 @@ def _operation(op: Operation, refs: dict[Any, Schema]) -> Schema:
     for status, answer in op.answers.items():
         schema = answer if isinstance(answer, dict) else refs[answer]
         spec["responses"][str(status)] = {"description": "OK" if status < 300 else ERRORS[status][0],
-                                          "content": _content(schema, answer)}
+                                          "content": _content(schema, answer, op.media if status < 300 else
+                                                              "application/json")}
     extra = {400, 401, *op.errors} | ({403} if op.access != "api_key" else set()) | ({413} if op.body else set())
     for status in sorted(extra - set(op.answers)):
         spec["responses"][str(status)] = {"$ref": f"#/components/responses/E{status}"}

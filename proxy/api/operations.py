@@ -40,6 +40,7 @@ class Operation:
     body: type[Body] | Schema | None = None
     query: tuple[Param, ...] = ()
     errors: tuple[int, ...] = ()  # beyond 400 and 401 (every route), 403 (admin), 413 (bodies)
+    media: str = "application/json"  # of the success answers (the CSV downloads: text/csv)
 
     @property
     def tag(self) -> str:
@@ -59,6 +60,7 @@ PATH_PARAMS: dict[str, Schema] = {
     "request_id": {"type": "string", "maxLength": 64, "description": "X-Request-Id as sent, or the generated req_ id"},
     "model_id": {"type": "string", "examples": ["gpt-4o-mini"]},
     "version": {"type": "string", "pattern": "^pv_[0-9a-f]{16}$"},
+    "event": {"type": "string", "pattern": "^[0-9]{1,19}$", "description": "A dead-lettered export event's id"},
 }
 PAGE = (Param("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50}),
         Param("after", {"type": "string"}, "The last row's id of the previous page."))
@@ -67,7 +69,31 @@ SCOPE = (Param("scope", {"enum": ["user", "org"], "default": "user"}, "The org's
 
 
 def _group_by(*groups: str) -> Param:
-    return Param("group_by", {"enum": list(groups), "default": "model"})
+    return Param("group_by", {"enum": list(groups), "default": "model"},
+                 "tag: a request counts in each of its X-Tags (tag totals may exceed the total); null groups "
+                 "requests without one. At most 1000 groups (has_more: narrow the period or filter)."
+                 if "tag" in groups else "")
+
+
+ATTRIBUTION = (
+    Param("end_user", {"type": "string", "minLength": 1, "maxLength": 256},
+          "Only requests whose OpenAI `user` field was this."),
+    Param("tag", {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,64}$"}, "Only requests with this X-Tags tag."),
+)
+CSV_WINDOW = (Param("start", TIME, "Required. From this time (inclusive)."),
+              Param("end", TIME, "Required. To this time (exclusive), at most 93 days after start."))
+CSV: Schema = {
+    "type": "string",
+    "description": "RFC 4180 CSV (CRLF lines), streamed, `Content-Disposition: attachment`. A header row, then one "
+                   "row per usage record, oldest first: request_id, recorded_at (RFC 3339 UTC), user_id, key_id, "
+                   "end_user, tags (joined by ';'), model, prompt_tokens, completion_tokens, charged_millicredits, "
+                   "list_price_millicredits, usage_source, byok (true/false), price_version. Text cells starting "
+                   "with = + - @ are prefixed with ' (CSV injection); an absent value is an empty cell.",
+    "examples": ["request_id,recorded_at,user_id,key_id,end_user,tags,model,prompt_tokens,completion_tokens,"
+                 "charged_millicredits,list_price_millicredits,usage_source,byok,price_version\r\n"
+                 "req_1,2026-11-01T09:30:00.000000Z,usr_1,key_1,customer-42,support;beta,gpt-4o-mini,120,30,"
+                 "45,18,provider,false,pv_3f9a0c1e5b7d2468\r\n"],
+}
 
 
 ADMIN = [
@@ -81,9 +107,14 @@ ADMIN = [
               {200: a.Credit}, b.Grant, errors=(404, 409)),
     Operation("POST", "/admin/orgs/{org}/adjustments", "adjustCredits", "A signed correction, e.g. a refund",
               "operator", {200: a.Credit}, b.Adjustment, errors=(404, 409)),
-    Operation("GET", "/admin/orgs/{org}/usage", "getOrgUsage", "Usage totals by user, model or day", "org_admin",
-              {200: a.Listing[a.Usage]}, query=(_group_by("user", "model", "day", "price_version"),
-                                                Param("user_id", _id("usr")), *WINDOW), errors=(404,)),
+    Operation("GET", "/admin/orgs/{org}/usage", "getOrgUsage",
+              "Usage totals by user, model, day, price version, key, end user or tag", "org_admin",
+              {200: a.Listing[a.Usage]},
+              query=(_group_by("user", "model", "day", "price_version", "key_id", "end_user", "tag", "power_level"),
+                     Param("user_id", _id("usr")), *ATTRIBUTION, *WINDOW), errors=(404,)),
+    Operation("GET", "/admin/orgs/{org}/usage.csv", "downloadOrgUsage",
+              "The org's usage records of a period as CSV (a download)", "org_admin", {200: CSV},
+              query=(Param("user_id", _id("usr")), *ATTRIBUTION, *CSV_WINDOW), errors=(404,), media="text/csv"),
     Operation("GET", "/admin/orgs/{org}/ledger", "listOrgLedger", "The org's journal, newest first", "org_admin",
               {200: a.Listing[a.JournalEntry]}, query=(Param("user_id", _id("usr")), *PAGE), errors=(404,)),
     Operation("GET", "/admin/orgs/{org}/audit", "listOrgAudit", "Who changed what in the org, newest first",
@@ -106,8 +137,24 @@ ADMIN = [
               {201: a.CreatedApiKey}, b.CreateKey, errors=(404,)),
     Operation("GET", "/admin/keys", "listKeys", "List API keys (their prefix only)", "org_admin",
               {200: a.Listing[a.ApiKey]}, query=(Param("user_id", _id("usr")), Param("org_id", _id("org")), *PAGE)),
+    Operation("PATCH", "/admin/keys/{key}", "updateKey",
+              "Change a key's name, scope or spend limit (every replica within a second)", "org_admin",
+              {200: a.ApiKey}, b.PatchKey, errors=(404, 503)),
     Operation("DELETE", "/admin/keys/{key}", "revokeKey", "Revoke a key on every replica within a second",
               "org_admin", {200: a.ApiKey}, errors=(404, 503)),
+    Operation("GET", "/admin/orgs/{org}/alerts", "listOrgAlerts", "The budget alerts fired, newest first",
+              "org_admin", {200: a.Listing[a.BudgetAlert]}, query=PAGE, errors=(404,)),
+    Operation("GET", "/admin/orgs/{org}/alert-thresholds", "getAlertThresholds",
+              "The budget alert thresholds of the pool and of each allocation", "org_admin",
+              {200: a.AlertThresholds}, errors=(404,)),
+    Operation("PUT", "/admin/orgs/{org}/alert-thresholds", "putAlertThresholds",
+              "Change the budget alert thresholds (only the scopes sent)", "org_admin", {200: a.AlertThresholds},
+              b.PutAlertThresholds, errors=(404,)),
+    Operation("GET", "/admin/export/dead-letters", "listDeadLetters", "Export events no longer retried, newest first",
+              "operator", {200: a.Listing[a.DeadLetter]}, query=PAGE),
+    Operation("POST", "/admin/export/dead-letters/{event}/retry", "retryDeadLetter",
+              "Put a dead-lettered export event back in the queue", "operator", {200: a.DeadLetter},
+              errors=(404,)),
     Operation("GET", "/admin/price-versions", "listPriceVersions", "The price versions charged with, newest first",
               "operator", {200: a.Listing[a.PriceVersionSummary]}, query=PAGE),
     Operation("GET", "/admin/price-versions/{version}", "getPriceVersion",
@@ -122,8 +169,11 @@ CALLER = [
               "api_key", {200: a.Listing[a.JournalEntry]}, query=PAGE),
     Operation("POST", "/v1/credits/purchase", "purchaseCredits", "Disabled: credits come from the org's admins",
               "api_key", {410: a.Error}),
-    Operation("GET", "/v1/usage", "getUsage", "The caller's usage by model or day", "api_key",
-              {200: a.Listing[a.Usage]}, query=(_group_by("model", "day"), *WINDOW)),
+    Operation("GET", "/v1/usage", "getUsage", "The caller's usage by model, day, end user, tag or power level",
+              "api_key", {200: a.Listing[a.Usage]},
+              query=(_group_by("model", "day", "end_user", "tag", "power_level"), *ATTRIBUTION, *WINDOW)),
+    Operation("GET", "/v1/usage.csv", "downloadUsage", "The caller's own usage records of a period as CSV",
+              "api_key", {200: CSV}, query=(*ATTRIBUTION, *CSV_WINDOW), media="text/csv"),
     Operation("GET", "/v1/requests/{request_id}", "getRequest", "One request's hold and settlement", "api_key",
               {200: a.RequestRecord}, errors=(404,)),
     Operation("GET", "/v1/models", "listModels", "The models the caller may use", "api_key", {200: a.ModelList}),

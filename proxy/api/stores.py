@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Protocol
 
 from proxy.db.pool import Row
+from proxy.directory.types import KeyScope
 
 
 class LedgerAdmin(Protocol):
@@ -30,7 +31,7 @@ class LedgerAdmin(Protocol):
         """{"balance", "held", "available", "overage", "granted"} for the org's pool."""
         ...
 
-    async def credits(self, org_id: str, user_id: str) -> Row:
+    async def credits(self, org_id: str, user_id: str, key_id: str | None = None) -> Row:
         """The GET /v1/credits body (CONTRACT.md, Caller's own endpoints)."""
         ...
 
@@ -52,8 +53,29 @@ class LedgerAdmin(Protocol):
         user_id: str | None,
         start: datetime | None,
         end: datetime | None,
+        end_user: str | None = None,
+        tag: str | None = None,
+        limit: int | None = None,
     ) -> Sequence[Row]:
-        """Usage totals grouped by "user" | "model" | "day" (requests, tokens, charged, list price)."""
+        """Usage totals grouped by "user" | "model" | "day" | "price_version" | "key_id" | "end_user" | "tag"
+        (requests, tokens, charged, list price), optionally of one end user or tag; with `limit`, at most
+        `limit` + 1 groups (one more says there are more)."""
+        ...
+
+    async def usage_records(
+        self,
+        org_id: str,
+        *,
+        user_id: str | None,
+        start: datetime,
+        end: datetime,
+        end_user: str | None,
+        tag: str | None,
+        after: tuple[datetime, str] | None,
+        limit: int,
+    ) -> Sequence[Row]:
+        """One page of usage records in [start, end), oldest first, after the previous page's last
+        (recorded_at, request_id): the CSV download's rows."""
         ...
 
     async def request(self, org_id: str, request_id: str) -> Row | None:
@@ -97,8 +119,13 @@ class DirectoryAdmin(Protocol):
 
     async def delete_member(self, org_id: str, user_id: str, actor: str) -> bool: ...
 
-    async def create_key(self, user_id: str, org_id: str | None, name: str, actor: str) -> Row:
+    async def create_key(self, user_id: str, org_id: str | None, name: str, actor: str,
+                         scope: KeyScope | None = None) -> Row:
         """Returns {"id", "key", ...}: the only time the key itself is shown."""
+        ...
+
+    async def update_key(self, key_id: str, changes: Row, actor: str) -> str | None:
+        """Changes the fields in `changes`; returns the key's hash (to drop it from every cache) or None."""
         ...
 
     async def list_keys(self, user_id: str | None, org_id: str | None, limit: int, after: str | None) -> tuple[

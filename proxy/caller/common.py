@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute, Route
 
 from proxy.api.answers import Scope
 from proxy.api.jsonapi import check_params, query_choice
+from proxy.directory.scopes import check_route
 from proxy.directory.types import Membership
 from proxy.errors import ProxyError
 from proxy.gateway.context import Policy, RequestContext
@@ -39,6 +40,7 @@ def identify_with(policies: Sequence[Policy]) -> Identify:
         ctx = RequestContext(request_id=info.request_id, route="caller", headers=headers, body={})
         for policy in policies:
             await policy(ctx)
+        check_route(ctx.key, request.method, request.url.path)  # a scoped key may not reach every route (403)
         if ctx.membership is None:
             raise RuntimeError("identify needs a policy that resolves the org (ResolveOrg)")
         return ctx

@@ -21,6 +21,7 @@ from proxy.caller.common import Identify, both, membership
 from proxy.config.catalogue import Catalogue, Model
 from proxy.config.live import LiveConfig
 from proxy.config.policy import PolicyConfig
+from proxy.directory.scopes import allows_model
 from proxy.directory.types import Membership
 from proxy.errors import ProxyError
 
@@ -65,12 +66,14 @@ def model_routes(
     configuration current when the request arrives."""
 
     async def visible(request: Request) -> tuple[list[Model], PolicyConfig]:
-        member = membership(await identify(request))
+        ctx = await identify(request)
+        member = membership(ctx)
         snapshot = config.current
         rows = await directory.list_provider_keys(member.org_id, member.user_id)
         keyed = {str(row["provider"]) for row in rows if row.get("enabled")}
         models = snapshot.catalogue.models.values()  # config order, then what wildcard routes expand to
-        return [m for m in models if usable(m, member, keyed, snapshot.policy)], snapshot.policy
+        return [m for m in models if usable(m, member, keyed, snapshot.policy) and allows_model(ctx.key, m.name)
+                ], snapshot.policy
 
     async def list_models(request: Request) -> Response:
         shown, policy = await visible(request)

@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute
 from proxy.api.answers import RequestRecord
 from proxy.api.jsonapi import json_response, page, query_choice, time_window
 from proxy.api.stores import LedgerAdmin
+from proxy.api.usage import MAX_GROUPS, attribution_filters, bounded, usage_csv
 from proxy.caller.byok import ByokDirectory, Probe, byok_routes
 from proxy.caller.common import Identify, both, checked, membership
 from proxy.caller.models import model_routes
@@ -26,7 +27,7 @@ from proxy.db.pool import serial_cursor
 from proxy.directory.crypto import KeyBox
 from proxy.errors import ProxyError
 
-USAGE_GROUPS = ("model", "day")
+USAGE_GROUPS = ("model", "day", "end_user", "tag", "power_level")
 MAX_REQUEST_ID = 64
 # the ids the gateway records: a client's safe X-Request-Id or a generated req_ (proxy/gateway/headers.py)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -56,11 +57,13 @@ def caller_routes(
 
 
 def credit_routes(*, identify: Identify, ledger: LedgerAdmin) -> list[BaseRoute]:
-    """GET /credits, /credits/history, /usage, /requests/{id}; POST /credits/purchase (410)."""
+    """GET /credits, /credits/history, /usage, /usage.csv, /requests/{id}; POST /credits/purchase (410)."""
 
     async def credits(request: Request) -> Response:
-        member = membership(await identify(request))
-        return json_response(await ledger.credits(member.org_id, member.user_id))
+        ctx = await identify(request)
+        member = membership(ctx)
+        key_id = ctx.key.id if ctx.key is not None else None
+        return json_response(await ledger.credits(member.org_id, member.user_id, key_id))
 
     async def history(request: Request) -> Response:
         member = membership(await identify(request))
@@ -73,8 +76,17 @@ def credit_routes(*, identify: Identify, ledger: LedgerAdmin) -> list[BaseRoute]
         params = request.query_params
         group_by = query_choice(params, "group_by", USAGE_GROUPS, "model")
         start, end = time_window(params)
-        rows = await ledger.usage(member.org_id, group_by=group_by, user_id=member.user_id, start=start, end=end)
-        return json_response({"data": list(rows), "has_more": False})
+        end_user, tag = attribution_filters(params)
+        rows = await ledger.usage(member.org_id, group_by=group_by, user_id=member.user_id, start=start, end=end,
+                                  end_user=end_user, tag=tag, limit=MAX_GROUPS)
+        data, has_more = bounded(rows)
+        return json_response({"data": data, "has_more": has_more})
+
+    async def records_csv(request: Request) -> Response:
+        """The caller's own usage records as a CSV download (proxy/api/usage.py), org admins included."""
+        member = membership(await identify(request))
+        return await usage_csv(ledger, member.org_id, member.user_id, request.query_params,
+                               f"{member.org_id}_{member.user_id}")
 
     async def one_request(request: Request) -> Response:
         member = membership(await identify(request))
@@ -98,5 +110,6 @@ def credit_routes(*, identify: Identify, ledger: LedgerAdmin) -> list[BaseRoute]
         *both("/credits/history", history, ["GET"]),
         *both("/credits/purchase", purchase, ["POST"]),
         *both("/usage", usage, ["GET"]),
+        *both("/usage.csv", records_csv, ["GET"]),
         *both("/requests/{request_id}", one_request, ["GET"]),
     ]

@@ -73,6 +73,15 @@ class Settings:
     otlp_endpoint: str | None = None  # OTLP/HTTP collector base URL; traces are exported only when set
     config_poll_seconds: float = 0.0  # re-read both config files when they change, checked this often (0: SIGHUP only)
     ratelimit_timeout_seconds: float = 0.1  # a slow or absent Redis delays a request this long, then it passes
+    # usage export (proxy/export/): events POSTed to export_url, signed with export_secret when set
+    export_url: Secret | None = None  # may carry a token in its path or query: never logged
+    export_secret: Secret | None = None
+    export_timeout_seconds: float = 10.0
+    export_max_attempts: int = 12  # then the event is dead-lettered
+    export_backoff_seconds: float = 1.0  # doubled per failed attempt, jittered
+    export_backoff_max_seconds: float = 600.0
+    export_batch: int = 100
+    export_retention_seconds: float = 7 * 86400.0  # delivered events are deleted this long after delivery
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -153,7 +162,20 @@ class Settings:
             otlp_endpoint=_otlp_endpoint(env.get("CREDITGATE_OTLP_ENDPOINT", "").strip(), problems),
             config_poll_seconds=number("CREDITGATE_CONFIG_POLL_SECONDS", 0.0, integer=False, minimum=0),
             ratelimit_timeout_seconds=number("CREDITGATE_RATELIMIT_TIMEOUT_SECONDS", 0.1, integer=False, minimum=0.001),
+            export_url=_export_url(env.get("CREDITGATE_EXPORT_URL", "").strip(), problems),
+            export_secret=Secret(env["CREDITGATE_EXPORT_SECRET"].strip())
+            if env.get("CREDITGATE_EXPORT_SECRET", "").strip() else None,
+            export_timeout_seconds=number("CREDITGATE_EXPORT_TIMEOUT_SECONDS", 10.0, integer=False, minimum=0.1),
+            export_max_attempts=int(number("CREDITGATE_EXPORT_MAX_ATTEMPTS", 12, integer=True, minimum=1)),
+            export_backoff_seconds=number("CREDITGATE_EXPORT_BACKOFF_SECONDS", 1.0, integer=False, minimum=0.01),
+            export_backoff_max_seconds=number("CREDITGATE_EXPORT_BACKOFF_MAX_SECONDS", 600.0, integer=False,
+                                              minimum=0.01),
+            export_batch=int(number("CREDITGATE_EXPORT_BATCH", 100, integer=True, minimum=1)),
+            export_retention_seconds=number("CREDITGATE_EXPORT_RETENTION_SECONDS", 7 * 86400.0, integer=False,
+                                            minimum=0),
         )
+        if settings.export_secret is not None and settings.export_url is None:
+            problems.append("CREDITGATE_EXPORT_SECRET is set but CREDITGATE_EXPORT_URL is not")
         if settings.unready_grace_seconds > settings.drain_seconds:
             problems.append("CREDITGATE_UNREADY_GRACE_SECONDS must not exceed CREDITGATE_DRAIN_SECONDS")
         if problems:
@@ -178,6 +200,22 @@ def _otlp_endpoint(value: str, problems: list[str]) -> str | None:
         problems.append("CREDITGATE_OTLP_ENDPOINT must not carry credentials")
         return None
     return value.rstrip("/")
+
+
+def _export_url(value: str, problems: list[str]) -> Secret | None:
+    """The receiver of usage events (None: export off). Only its scheme is named in a mistake: a token in
+    the URL must not reach a log."""
+    if not value:
+        return None
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port outside 0-65535 or not a number
+    except ValueError:
+        parts = urlsplit("")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        problems.append("CREDITGATE_EXPORT_URL must be an http or https URL")
+        return None
+    return Secret(value)
 
 
 def _spool_dir(value: str, problems: list[str]) -> Path:

@@ -20,7 +20,7 @@ from proxy.db.pool import UNAVAILABLE, Pool, Row, parse_serial_cursor
 from proxy.directory import sql
 from proxy.directory.apikeys import generate_key
 from proxy.directory.ids import new_id
-from proxy.directory.types import ApiKey, Membership, StoredProviderKey
+from proxy.directory.types import ApiKey, KeyScope, Membership, StoredProviderKey
 from proxy.errors import ProxyError
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,30 @@ def _translate(exc: BaseException) -> BaseException:
     return exc
 
 
+def _names(values: Sequence[str] | None) -> tuple[str, ...] | None:
+    return None if values is None else tuple(values)
+
+
+def _array(values: Sequence[str] | None) -> list[str] | None:
+    return None if values is None else list(values)
+
+
+def key_row(row: Row) -> Row:
+    """A key as the admin API shows it: its scope, its limit and, for a key bound to an org, `usage`: its
+    spend this period there (`used` posted, `held` pending, `available` under its limit, null without one)."""
+    spent, resets_at = row.pop("spent", None), row.pop("resets_at", None)
+    row["models"], row["routes"] = _names(row.get("models")), _names(row.get("routes"))
+    if row.get("org_id") is None or row.get("limit_period") is None:
+        row["usage"] = None
+        return row
+    used, held = (int(spent[0]), int(spent[1])) if spent else (0, 0)
+    limit = row["limit_millicredits"]
+    row["usage"] = {"limit": limit, "used": used, "held": held,
+                    "available": None if limit is None else max(0, limit - used - held),
+                    "period": row["limit_period"], "resets_at": resets_at}
+    return row
+
+
 def _row(record: asyncpg.Record | None) -> Row | None:
     return None if record is None else dict(record)
 
@@ -107,7 +131,10 @@ class PgDirectory:
     async def api_key(self, key_hash: str) -> ApiKey | None:
         """The key with this SHA-256 hex hash; revoked keys come back with revoked=True."""
         r = await self._fetchrow(sql.API_KEY, key_hash)
-        return None if r is None else ApiKey(r["id"], r["user_id"], r["org_id"], r["revoked"])
+        if r is None:
+            return None
+        return ApiKey(r["id"], r["user_id"], r["org_id"], r["revoked"], _names(r["models"]), _names(r["routes"]),
+                      r["read_only"])
 
     async def memberships(self, user_id: str) -> Sequence[Membership]:
         """The user's orgs (default first) with each org's tier and suspension."""
@@ -170,11 +197,17 @@ class PgDirectory:
 
     # ------------------------------------------------------------------ API keys
 
-    async def create_key(self, user_id: str, org_id: str | None, name: str, actor: str) -> Row:
+    async def create_key(self, user_id: str, org_id: str | None, name: str, actor: str,
+                         scope: KeyScope | None = None) -> Row:
         """Returns the key row plus "key", the only time the key itself is shown. 404 for an unknown
-        user or org; 403 `not_a_member` when the user is not a member of the org the key binds."""
+        user or org; 403 `not_a_member` when the user is not a member of the org the key binds. A key with a
+        spend limit must be bound to an org (400: its limit is one number, not one per org)."""
+        scope = scope or KeyScope()
+        if scope.limit_millicredits is not None and org_id is None:
+            raise ProxyError.invalid_value("org_id", "A key with a spend limit must be bound to an org ('org_id').")
         new = generate_key()
-        args = (new_id("key"), user_id, org_id, name, new.key_hash, new.prefix, actor)
+        args = (new_id("key"), user_id, org_id, name, new.key_hash, new.prefix, actor, _array(scope.models),
+                _array(scope.routes), scope.read_only, scope.limit_millicredits, scope.limit_period)
         r = await self._one(sql.CREATE_KEY, *args)
         if not r["user_exists"]:
             raise ProxyError.not_found("user_not_found", "Unknown user.")
@@ -182,17 +215,33 @@ class PgDirectory:
             raise ProxyError.not_found("org_not_found", "Unknown organization.")
         if r["id"] is None:
             raise ProxyError.permission("not_a_member", "The user is not a member of that organization.")
-        row = {k: v for k, v in r.items() if k not in ("user_exists", "org_exists")}
+        row = key_row({k: v for k, v in r.items() if k not in ("user_exists", "org_exists")})
         return {**row, "key": new.secret.reveal()}
 
     async def get_key(self, key_id: str) -> Row | None:
-        """The key's row (no hash, no key), revoked or not."""
-        return _row(await self._fetchrow(sql.GET_KEY, key_id))
+        """The key's row (no hash, no key), revoked or not, with its spend this period."""
+        r = await self._fetchrow(sql.GET_KEY, key_id)
+        return None if r is None else key_row(dict(r))
 
     async def list_keys(
         self, user_id: str | None, org_id: str | None, limit: int, after: str | None
     ) -> tuple[Sequence[Row], bool]:
-        return _page(await self._fetch(sql.LIST_KEYS, user_id, org_id, after, limit + 1), limit)
+        rows, more = _page(await self._fetch(sql.LIST_KEYS, user_id, org_id, after, limit + 1), limit)
+        return [key_row(r) for r in rows], more
+
+    async def update_key(self, key_id: str, changes: Row, actor: str) -> str | None:
+        """Changes the fields named in `changes` (name, models, routes, read_only, limit_millicredits,
+        limit_period; validated by the caller) and audits them. Returns the key's hash, to drop it from every
+        replica's cache, or None for an unknown key."""
+        if changes.get("limit_millicredits") is not None:
+            current = await self.get_key(key_id)
+            if current is not None and current["org_id"] is None:
+                raise ProxyError.invalid_value("limit_millicredits",
+                                               "A key with a spend limit must be bound to an org.")
+        detail = orjson.dumps(changes).decode()
+        r = await self._fetchrow(sql.UPDATE_KEY, key_id, actor, detail, _array(changes.get("models")),
+                                 _array(changes.get("routes")))
+        return None if r is None else str(r["key_hash"])
 
     async def revoke_key(self, key_id: str, actor: str) -> str | None:
         """Marks the key revoked (idempotent); returns its hash to broadcast, or None if unknown."""

@@ -10,12 +10,17 @@ ORG = "o.id, o.name, o.tier, o.suspended, o.created_at"
 USER = "u.id, u.email, u.name, u.created_at"
 KEY = (
     "k.id, k.user_id, k.org_id, k.name, k.key_prefix AS prefix, k.created_at, k.revoked_at,"
-    " k.revoked_at IS NOT NULL AS revoked"
+    " k.revoked_at IS NOT NULL AS revoked, k.models, k.routes, k.read_only, k.limit_millicredits, k.limit_period,"
+    # the key's spend this period in its bound org (key_usage, 0008_scoped_keys.sql), shaped by pg.key_row
+    " (SELECT array[ku.posted, ku.pending] FROM creditgate.key_usage ku WHERE ku.org_id = k.org_id AND ku.key_id = k.id"
+    "   AND ku.period_start = creditgate.period_start(k.limit_period, creditgate.now())) AS spent,"
+    " creditgate.period_end(k.limit_period, creditgate.now()) AS resets_at"
 )
 PROVIDER_KEY = "p.provider, p.scope, p.last4, p.enabled, p.created_at, p.updated_at"
 
 API_KEY = """
-SELECT id, user_id, org_id, revoked_at IS NOT NULL AS revoked FROM creditgate.api_keys WHERE key_hash = $1
+SELECT id, user_id, org_id, revoked_at IS NOT NULL AS revoked, models, routes, read_only
+  FROM creditgate.api_keys WHERE key_hash = $1
 """
 
 MEMBERSHIPS = """
@@ -99,14 +104,17 @@ SELECT count(*) FROM d
 # one statement: the key is inserted only for a known user who is a member of the bound org (if any);
 # the flags say which check failed when nothing was inserted
 CREATE_KEY = f"""
-WITH k AS (INSERT INTO creditgate.api_keys (id, user_id, org_id, name, key_hash, key_prefix)
-           SELECT $1, u.id, $3, $4, $5, $6 FROM creditgate.users u
+WITH k AS (INSERT INTO creditgate.api_keys (id, user_id, org_id, name, key_hash, key_prefix, models, routes,
+                                            read_only, limit_millicredits, limit_period)
+           SELECT $1, u.id, $3, $4, $5, $6, $8, $9, $10, $11, $12 FROM creditgate.users u
             WHERE u.id = $2
               AND ($3::text IS NULL OR EXISTS (
                     SELECT 1 FROM creditgate.memberships WHERE org_id = $3 AND user_id = $2))
            RETURNING *),
      a AS (INSERT INTO creditgate.admin_audit (actor, action, org_id, target, detail)
-           SELECT $7, 'key.create', k.org_id, k.id, jsonb_build_object('user_id', k.user_id, 'name', k.name) FROM k)
+           SELECT $7, 'key.create', k.org_id, k.id, jsonb_build_object(
+             'user_id', k.user_id, 'name', k.name, 'models', k.models, 'routes', k.routes, 'read_only', k.read_only,
+             'limit_millicredits', k.limit_millicredits, 'limit_period', k.limit_period) FROM k)
 SELECT EXISTS (SELECT 1 FROM creditgate.users WHERE id = $2) AS user_exists,
        $3::text IS NULL OR EXISTS (SELECT 1 FROM creditgate.orgs WHERE id = $3) AS org_exists,
        {KEY}
@@ -120,6 +128,25 @@ SELECT {KEY} FROM creditgate.api_keys k
  WHERE ($1::text IS NULL OR k.user_id = $1) AND ($2::text IS NULL OR k.org_id = $2)
    AND ($3::text IS NULL OR k.id > $3)
  ORDER BY k.id LIMIT $4
+"""
+
+# PATCH /admin/keys/{id}: only the fields named in $3 (a JSON object) change; the audit row says what they
+# became. Returns the hash, to drop the key from every replica's cache.
+UPDATE_KEY = """
+WITH k AS (UPDATE creditgate.api_keys SET
+             name = CASE WHEN $3::jsonb ? 'name' THEN $3->>'name' ELSE name END,
+             models = CASE WHEN $3::jsonb ? 'models' THEN $4::text[] ELSE models END,
+             routes = CASE WHEN $3::jsonb ? 'routes' THEN $5::text[] ELSE routes END,
+             read_only = CASE WHEN $3::jsonb ? 'read_only' THEN ($3->>'read_only')::boolean ELSE read_only END,
+             limit_millicredits = CASE WHEN $3::jsonb ? 'limit_millicredits'
+                                       THEN ($3->>'limit_millicredits')::bigint ELSE limit_millicredits END,
+             limit_period = CASE WHEN $3::jsonb ? 'limit_period' THEN $3->>'limit_period' ELSE limit_period END,
+             updated_at = now()
+            WHERE id = $1
+           RETURNING id, org_id, key_hash),
+     a AS (INSERT INTO creditgate.admin_audit (actor, action, org_id, target, detail)
+           SELECT $2, 'key.update', k.org_id, k.id, $3::jsonb FROM k)
+SELECT key_hash FROM k
 """
 
 # revoking twice keeps the first revocation time and still returns the hash (to broadcast again)

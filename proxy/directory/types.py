@@ -16,6 +16,21 @@ class ApiKey:
     user_id: str
     bound_org_id: str | None
     revoked: bool
+    # its scope (proxy/directory/scopes.py); None: no narrowing. Its spend limit lives in the ledger.
+    models: tuple[str, ...] | None = None
+    routes: tuple[str, ...] | None = None
+    read_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class KeyScope:
+    """What POST /admin/keys may set beyond the name, already validated (proxy/directory/scopes.py)."""
+
+    models: tuple[str, ...] | None = None
+    routes: tuple[str, ...] | None = None
+    read_only: bool = False
+    limit_millicredits: int | None = None
+    limit_period: str = "none"
 
 
 @dataclass(frozen=True, slots=True)

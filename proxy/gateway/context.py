@@ -80,6 +80,12 @@ class RequestContext:
     byok: bool = False
     byok_key: Secret | None = field(default=None, repr=False)
     prompt_tokens: int = 0  # counted before forwarding (upper bound for the hold)
+    # the most completion tokens the hold was sized for (the output cap times n), set by ReserveCredits: a
+    # provider cannot stream more, so an estimate counted offline never exceeds it (policies/settlement.py)
+    output_bound: int | None = None
+    # recorded on the hold and its usage record (proxy/gateway/attribution.py), parsed with the body
+    end_user: str | None = None  # the body's OpenAI `user`: the platform's own customer
+    tags: tuple[str, ...] = ()  # X-Tags
     # what policies/ratelimit.py did before the body: "counted" (in its rpm buckets: refunded if tpm then
     # refuses the request) or "unchecked" (Redis did not answer: tpm is not asked either); "" = nothing
     ratelimit: str = ""

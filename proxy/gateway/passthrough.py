@@ -23,6 +23,7 @@ from starlette.types import Receive, Scope, Send
 
 from proxy.config.settings import Secret, Settings
 from proxy.errors import ProxyError
+from proxy.gateway.attribution import attribution
 from proxy.gateway.body import ClientGone, observe_answer, parse_request, read_body
 from proxy.gateway.context import Policy, RequestContext
 from proxy.gateway.headers import RawHeaders, bearer_token, client_response_headers, gateway_headers
@@ -125,6 +126,7 @@ class Passthrough:
         raw = await read_body(scope, receive, self.settings.max_body_bytes)
         end(span, **{"http.request.body.size": len(raw)})
         ctx.body, ctx.stream = parse_request(raw, self.route)
+        ctx.end_user, ctx.tags = attribution(scope["headers"], ctx.body)
         ctx.client_wants_usage = ctx.stream and (ctx.body.get("stream_options") or {}).get("include_usage") is True
         info.model = str(ctx.body["model"])
 

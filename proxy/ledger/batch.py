@@ -31,7 +31,7 @@ from proxy.tasks import Background
 
 BATCH_SQL = """SELECT op, idx, status, amount, charged, remaining FROM creditgate.ledger_batch(
   $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23,
-  $24, $25, $26, $27)"""
+  $24, $25, $26, $27, $28)"""
 
 SettleItem = tuple[str, str, Settlement]  # (org_id, request_id, settlement)
 ReserveItem = tuple[HoldRequest, str]  # (request, owner nonce of this reserve call)
@@ -61,7 +61,7 @@ class _Item:
 
 
 def batch_args(ttl: float, reserves: Sequence[ReserveItem], settles: Sequence[SettleItem]) -> list[Any]:
-    """The 27 parallel-array arguments of `creditgate.ledger_batch`. Tags travel as one comma-joined string
+    """The 28 parallel-array arguments of `creditgate.ledger_batch`. Tags travel as one comma-joined string
     per reserve (PostgreSQL arrays must be rectangular; a tag never holds a comma)."""
     r, s = [x[0] for x in reserves], [x[2] for x in settles]
     return [
@@ -74,6 +74,7 @@ def batch_args(ttl: float, reserves: Sequence[ReserveItem], settles: Sequence[Se
         [x.completion_tokens for x in s], [x.charge for x in s], [x.list_price for x in s],
         [x.usage_source for x in s], [x.model for x in s], [x.provider for x in s], [x.deployment for x in s],
         [x.price_version for x in r], [x.end_user for x in r], [",".join(x.tags) for x in r],
+        [x.power_level for x in r],
     ]
 
 

@@ -20,11 +20,16 @@ _POOL_SQL = """SELECT granted, posted, pending, overage, version FROM creditgate
 _CREDITS_SQL = """
 SELECT p.granted, p.posted, p.pending, p.overage, p.version, m.allocation_millicredits AS lim,
        coalesce(m.allocation_period, 'none') AS period, a.posted AS used, a.pending AS held,
-       creditgate.period_end(coalesce(m.allocation_period, 'none'), creditgate.now()) AS resets_at
+       creditgate.period_end(coalesce(m.allocation_period, 'none'), creditgate.now()) AS resets_at,
+       k.id AS key_id, k.limit_millicredits AS key_lim, k.limit_period AS key_period, ku.posted AS key_used,
+       ku.pending AS key_held, creditgate.period_end(k.limit_period, creditgate.now()) AS key_resets_at
   FROM creditgate.pools p
   LEFT JOIN creditgate.memberships m ON m.org_id = p.org_id AND m.user_id = $2
   LEFT JOIN creditgate.allocation_usage a ON a.org_id = p.org_id AND a.user_id = $2
        AND a.period_start = creditgate.period_start(coalesce(m.allocation_period, 'none'), creditgate.now())
+  LEFT JOIN creditgate.api_keys k ON k.id = $3
+  LEFT JOIN creditgate.key_usage ku ON ku.org_id = p.org_id AND ku.key_id = k.id
+       AND ku.period_start = creditgate.period_start(k.limit_period, creditgate.now())
  WHERE p.org_id = $1"""
 # every member's allocation in the org (one member's with $2), with the same columns as _CREDITS_SQL
 _ALLOCATIONS_SQL = """
@@ -72,7 +77,21 @@ SELECT account, count(*) FILTER (WHERE available * 10 < base) AS low,
        count(*) FILTER (WHERE available <= 0) AS exhausted
   FROM accounts GROUP BY account"""
 _GROUP_KEYS = {"user": "user_id", "model": "model", "day": "to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
-               "price_version": "price_version"}
+               "price_version": "price_version", "key_id": "key_id", "end_user": "end_user", "tag": "t.tag",
+               "power_level": "power_level"}
+# group_by=tag: a record counts once in each of its tags' groups (so tag totals can exceed the total), and a
+# record without tags in the null group
+_TAG_JOIN = "LEFT JOIN LATERAL unnest(tags) AS t(tag) ON true"
+# the usage records the CSV download streams: one keyset page, oldest first, from (recorded_at, request_id)
+# after ($3, $7) (the first page: $3 is the period's start, $7 null); usage_org_time serves the range
+_USAGE_RECORDS_SQL = """
+SELECT request_id, recorded_at, user_id, key_id, end_user, tags, model, prompt_tokens, completion_tokens, charged,
+       list_price, usage_source, byok, price_version
+  FROM creditgate.usage_records
+ WHERE org_id = $1 AND ($2::text IS NULL OR user_id = $2) AND recorded_at >= $3 AND recorded_at < $4
+   AND ($5::text IS NULL OR end_user = $5) AND ($6::text IS NULL OR $6 = ANY(tags))
+   AND ($7::text IS NULL OR recorded_at > $3 OR request_id > $7)
+ ORDER BY recorded_at, request_id LIMIT $8"""
 # a journal entry of a request shows the price version of its hold (the newest one before it: a voided
 # request id may be reused), one probe of holds_request per entry
 _JOURNAL_SQL = """
@@ -162,16 +181,24 @@ class LedgerQueries:
         """{"balance", "held", "available", "overage", "granted"} for the org's pool."""
         return await self.pool_balances(org_id)
 
-    async def credits(self, org_id: str, user_id: str) -> Row:
-        """The GET /v1/credits body (CONTRACT.md, Caller's own endpoints)."""
-        rows = await self._fetch(_CREDITS_SQL, org_id, user_id)
+    async def credits(self, org_id: str, user_id: str, key_id: str | None = None) -> Row:
+        """The GET /v1/credits body (CONTRACT.md, Caller's own endpoints), with the calling key's own limit
+        (`key`: its spend in this org this period; `available` the smallest of the three bounds)."""
+        rows = await self._fetch(_CREDITS_SQL, org_id, user_id, key_id)
         if not rows:
             raise ProxyError.not_found("org_not_found", f"No organization '{org_id}'.")
         r = rows[0]
         pool = pool_row(r)
-        return {"org_id": org_id,
-                "pool": {"balance": pool["balance"], "held": pool["held"], "available": pool["available"]},
-                "allocation": allocation_row(r, pool["available"])}
+        allocation = allocation_row(r, pool["available"])
+        body: Row = {"org_id": org_id,
+                     "pool": {"balance": pool["balance"], "held": pool["held"], "available": pool["available"]},
+                     "allocation": allocation, "key": None}
+        if r["key_id"] is not None:
+            used, held, lim = r["key_used"] or 0, r["key_held"] or 0, r["key_lim"]
+            left = allocation["available"] if lim is None else min(allocation["available"], max(0, lim - used - held))
+            body["key"] = {"id": r["key_id"], "limit": lim, "used": used, "held": held, "available": left,
+                           "period": r["key_period"], "resets_at": r["key_resets_at"]}
+        return body
 
     async def allocations(self, org_id: str, user_id: str | None = None) -> dict[str, Row]:
         """Each member's allocation this period by user id (one member's with `user_id`), in the shape and
@@ -194,23 +221,43 @@ class LedgerQueries:
         return out, len(rows) > limit
 
     async def usage(self, org_id: str, *, group_by: str, user_id: str | None, start: datetime | None,
-                    end: datetime | None) -> Sequence[Row]:
-        """Usage totals grouped by "user" | "model" | "day" (UTC calendar days)."""
+                    end: datetime | None, end_user: str | None = None, tag: str | None = None,
+                    limit: int | None = None) -> Sequence[Row]:
+        """Usage totals grouped by "user" | "model" | "day" (UTC calendar days) | "price_version" | "key_id" |
+        "end_user" | "tag" (a record counts in each of its tags; untagged ones in the null group), ordered
+        by the group, within [start, end), optionally of one member, one end user, one tag. With `limit`,
+        at most `limit` + 1 groups: one more than `limit` tells the caller there are more."""
         key = _GROUP_KEYS.get(group_by)
         if key is None:
-            raise ProxyError.invalid_value("group_by", "group_by must be one of: user, model, day, price_version.")
+            raise ProxyError.invalid_value("group_by", f"group_by must be one of: {', '.join(_GROUP_KEYS)}.")
         rows = await self._fetch(
             f"""SELECT {key} AS k, count(*) AS requests, sum(prompt_tokens)::bigint AS prompt_tokens,
                        sum(completion_tokens)::bigint AS completion_tokens, sum(charged)::bigint AS charged,
                        sum(list_price)::bigint AS list_price
-                  FROM creditgate.usage_records
+                  FROM creditgate.usage_records {_TAG_JOIN if group_by == "tag" else ""}
                  WHERE org_id = $1 AND ($2::text IS NULL OR user_id = $2)
                    AND ($3::timestamptz IS NULL OR recorded_at >= $3) AND ($4::timestamptz IS NULL OR recorded_at < $4)
-                 GROUP BY 1 ORDER BY 1""",
-            org_id, user_id, start, end)
+                   AND ($5::text IS NULL OR end_user = $5) AND ($6::text IS NULL OR $6 = ANY(tags))
+                 GROUP BY 1 ORDER BY 1 LIMIT $7""",
+            org_id, user_id, start, end, end_user, tag, None if limit is None else limit + 1)
         return [{group_by: r["k"], "requests": r["requests"], "prompt_tokens": r["prompt_tokens"],
                  "completion_tokens": r["completion_tokens"], "charged_millicredits": r["charged"],
                  "list_price_millicredits": r["list_price"]} for r in rows]
+
+    async def usage_records(self, org_id: str, *, user_id: str | None, start: datetime, end: datetime,
+                            end_user: str | None, tag: str | None, after: tuple[datetime, str] | None,
+                            limit: int) -> Sequence[Row]:
+        """One page (at most `limit`) of the usage records in [start, end), oldest first (recorded_at, then
+        request_id), after `after` (the previous page's last (recorded_at, request_id)), with the same
+        filters as `usage`: what the CSV download streams, one short query per page."""
+        since, after_id = (start, None) if after is None else after
+        rows = await self._fetch(_USAGE_RECORDS_SQL, org_id, user_id, since, end, end_user, tag, after_id, limit)
+        return [{"request_id": r["request_id"], "recorded_at": r["recorded_at"], "user_id": r["user_id"],
+                 "key_id": r["key_id"], "end_user": r["end_user"], "tags": list(r["tags"] or ()),
+                 "model": r["model"], "prompt_tokens": r["prompt_tokens"],
+                 "completion_tokens": r["completion_tokens"], "charged_millicredits": r["charged"],
+                 "list_price_millicredits": r["list_price"], "usage_source": r["usage_source"], "byok": r["byok"],
+                 "price_version": r["price_version"]} for r in rows]
 
     async def request(self, org_id: str, request_id: str) -> Row | None:
         """The GET /v1/requests/{id} body plus "user_id", or None. An expired hold with its automatic

@@ -34,6 +34,7 @@ class HoldRequest:
     price_version: str | None = None  # the prices it is held and settled at (proxy/config/live.py)
     end_user: str | None = None  # the OpenAI `user` field: the platform's own customer (attribution)
     tags: tuple[str, ...] = ()  # `X-Tags`, already validated: at most 8 safe tokens of at most 64 characters
+    power_level: str | None = None  # the level that serves it (after a downgrade, the lower one)
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,7 +40,9 @@ _HANDLER_NAME = "creditgate-json"
 _STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
 
-_SAFE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+# a "safe token": what a client may choose for its request id, and for its X-Tags (proxy/gateway/attribution.py)
+SAFE_CHARS = "A-Za-z0-9._:-"  # a regular expression's character class, without its brackets
+_SAFE_REQUEST_ID = re.compile(f"[{SAFE_CHARS}]{{1,64}}".encode())
 
 
 def request_id(client_value: bytes | None) -> tuple[str, bool]:

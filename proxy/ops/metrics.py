@@ -108,6 +108,21 @@ class Metrics:
                                         "needs priced by LiteLLM's model info has been read, else 0.", registry=r,
                                         multiprocess_mode="livemin")
         self._price_version: str | None = None
+        # the usage export (proxy/export/deliver.py) and budget alerts
+        self.export_events = Counter("creditgate_export_events", "Export delivery attempts by outcome (delivered, "
+                                     "retried: failed and scheduled again, dead_lettered).", ["outcome"], registry=r)
+        self.export_delays = Histogram("creditgate_export_delay_seconds", "From the event (a settlement, a grant, an "
+                                      "alert) to its acknowledged delivery.", buckets=_LATENCY, registry=r)
+        self.export_pending = Gauge("creditgate_export_outbox_pending", "Export events not yet delivered (dead "
+                                    "letters excluded).", registry=r, multiprocess_mode="livemax")
+        self.export_oldest = Gauge("creditgate_export_outbox_oldest_seconds", "Age of the oldest export event not "
+                                   "yet delivered (0 when none waits).", registry=r, multiprocess_mode="livemax")
+        self.export_dead = Gauge("creditgate_export_dead_letters", "Export events dead-lettered, waiting for an "
+                                 "operator (POST /admin/export/dead-letters/{id}/retry).", registry=r,
+                                 multiprocess_mode="livemax")
+        self.budget_alerts = Counter("creditgate_budget_alerts", "Budget alerts fired, by scope (pool|allocation) "
+                                     "and threshold percent; never which org or member.", ["scope", "threshold"],
+                                     registry=r)
 
     def spans_dropped(self, reason: str, spans: int) -> None:
         """The `on_drop` hook of proxy.ops.tracing.OtlpExporter: spans lost (queue_full | export_failed)."""
@@ -200,6 +215,25 @@ class Metrics:
         """`account` is "pool" or "allocation"; counts only, never which org or member."""
         self.credit_low.labels(account, "low").set(low)
         self.credit_low.labels(account, "exhausted").set(exhausted)
+
+    def exported(self, outcome: str, count: int) -> None:
+        """Export deliveries done: delivered, retried or dead_lettered."""
+        if count:
+            self.export_events.labels(outcome if outcome in ("delivered", "retried", "dead_lettered") else "other"
+                                      ).inc(count)
+
+    def export_delay(self, seconds: float) -> None:
+        self.export_delays.observe(seconds)
+
+    def set_export_depth(self, pending: int, oldest_seconds: float, dead: int) -> None:
+        self.export_pending.set(pending)
+        self.export_oldest.set(oldest_seconds)
+        self.export_dead.set(dead)
+
+    def budget_alert(self, scope: str, threshold: int) -> None:
+        """One alert fired; thresholds are whole percents 1-100, so the label stays bounded."""
+        if scope in ("pool", "allocation") and 1 <= threshold <= 100:
+            self.budget_alerts.labels(scope, str(threshold)).inc()
 
     def hold_expired(self, count: int = 1) -> None:
         self.holds_expired.inc(count)

@@ -31,7 +31,8 @@ EDGES = ["", " ", "\x00", "a\x00b", "\n", "\x7f", "\u0085", "\u00b2", "\u0661\u0
          "500", "501", "1e3", "9" * 40, "9223372036854775807", "9223372036854775808", "abc", "e5", "null", "[]",
          "0000-01-01T00:00:00Z", "99999-01-01T00:00:00Z", "2026-01-01T00:00:00+99:00", "0001-01-01T00:00:00+01:00",
          "9999-12-31T23:59:59-01:00", "2026-01-01T00:00:00Z", "2026-02-30T00:00:00Z", "model", "day", "user",
-         "price_version", "pv_0000000000000000",
+         "price_version", "pv_0000000000000000", "key_id", "end_user", "tag", "support", "a,b", "a b", "t" * 65,
+         "=cmd", "customer-42", "u" * 257,
          "org", "%00", "../../etc", A, B, TARGET_A, TARGET_B, LONER, MEMBER_A, "usr_missing", "org_missing",
          "key_target_a", "key_missing", "req-a1", "openai", "x" * 300]
 
@@ -56,10 +57,14 @@ values = st.one_of(st.sampled_from(EDGES), times(), st.text(max_size=40),
 
 CALLERS = st.sampled_from(["operator", "operator", "admin_a", "admin_b", "member_a", "stranger"])
 PAGE, WINDOW = ["limit", "after"], ["start", "end", "group_by"]
+ATTRIBUTION = ["end_user", "tag"]  # the usage routes' filters, and their CSV downloads'
 # (method, path template, the query parameters it reads); {id} is filled with generated text, percent-encoded
 GET_ROUTES = [
     ("GET", "/admin/orgs", PAGE), ("GET", "/admin/orgs/{id}", []), ("GET", f"/admin/orgs/{A}", []),
-    ("GET", "/admin/orgs/{id}/usage", [*WINDOW, "user_id"]), ("GET", f"/admin/orgs/{A}/usage", [*WINDOW, "user_id"]),
+    ("GET", "/admin/orgs/{id}/usage", [*WINDOW, "user_id", *ATTRIBUTION]),
+    ("GET", f"/admin/orgs/{A}/usage", [*WINDOW, "user_id", *ATTRIBUTION]),
+    ("GET", "/admin/orgs/{id}/usage.csv", [*WINDOW, "user_id", *ATTRIBUTION]),
+    ("GET", f"/admin/orgs/{A}/usage.csv", [*WINDOW, "user_id", *ATTRIBUTION]),
     ("GET", f"/admin/orgs/{A}/ledger", [*PAGE, "user_id"]), ("GET", "/admin/orgs/{id}/ledger", [*PAGE, "user_id"]),
     ("GET", f"/admin/orgs/{A}/audit", PAGE), ("GET", "/admin/audit", [*PAGE, "org_id"]),
     ("GET", "/admin/users", [*PAGE, "email"]), ("GET", "/admin/keys", [*PAGE, "user_id", "org_id"]),
@@ -67,19 +72,26 @@ GET_ROUTES = [
     ("GET", "/admin/orgs/{id}/members/{id}", []), ("GET", f"/admin/orgs/{A}/members/{{id}}", []),
     ("GET", f"/admin/orgs/{A}/members/{TARGET_A}", []),
     ("GET", "/v1/credits", []), ("GET", "/v1/credits/history", PAGE), ("GET", "/api/v1/llm/credits/history", PAGE),
-    ("GET", "/v1/usage", WINDOW), ("GET", "/api/v1/llm/usage", WINDOW), ("GET", "/v1/requests/{id}", []),
+    ("GET", "/v1/usage", [*WINDOW, *ATTRIBUTION]), ("GET", "/api/v1/llm/usage", [*WINDOW, *ATTRIBUTION]),
+    ("GET", "/v1/usage.csv", [*WINDOW, *ATTRIBUTION]), ("GET", "/api/v1/llm/usage.csv", [*WINDOW, *ATTRIBUTION]),
+    ("GET", "/v1/requests/{id}", []),
     ("GET", "/v1/models", []), ("GET", "/v1/models/{id}", []), ("GET", "/v1/models/categorized", []),
     ("GET", "/v1/byok/keys", []), ("GET", "/v1/byok/keys/{id}/usage", ["scope"]),
     ("GET", "/v1/byok/keys/openai/usage", ["scope"]), ("DELETE", "/v1/byok/keys/{id}", ["scope"]),
     ("POST", "/v1/byok/keys/{id}/test", ["scope"]), ("POST", "/v1/credits/purchase", []),
     ("GET", "/admin/price-versions", PAGE), ("GET", "/admin/price-versions/{id}", []),
+    ("GET", f"/admin/orgs/{A}/alerts", PAGE), ("GET", "/admin/orgs/{id}/alerts", PAGE),
+    ("GET", "/admin/orgs/{id}/alert-thresholds", []), ("GET", "/admin/export/dead-letters", PAGE),
+    ("POST", "/admin/export/dead-letters/{id}/retry", []),
 ]
 # a value each body field accepts, so that one bad field meets otherwise good ones
 GOOD = {"name": "Acme", "tier": "free", "suspended": False, "amount_millicredits": 5, "reason": "fuzz",
         "idempotency_key": "fuzz-1", "expires_at": "2999-01-01T00:00:00Z", "email": "fuzz@lanes.test",
         "role": "member", "allocation_millicredits": 10, "allocation_period": "day", "default": False,
         "power_level": "eco", "user_id": TARGET_A, "org_id": A, "provider": "openai",
-        "api_key": "sk-fuzz-provider-key-0001", "scope": "user", "enabled": True}
+        "api_key": "sk-fuzz-provider-key-0001", "scope": "user", "enabled": True, "pool": [50, 80],
+        "allocation": [90], "models": ["fake-small"], "routes": ["/v1/chat/completions"], "read_only": False,
+        "limit_millicredits": 1000, "limit_period": "month"}
 # (method, path, the fields the route reads): bodies mix these with junk
 BODY_ROUTES = [
     ("POST", "/admin/orgs", ["name", "tier"]),
@@ -91,10 +103,14 @@ BODY_ROUTES = [
     ("PUT", f"/admin/orgs/{A}/members/{TARGET_A}",
      ["role", "allocation_millicredits", "allocation_period", "default", "power_level", "suspended"]),
     ("PUT", "/admin/orgs/{id}/members/{id}", ["role", "default", "suspended"]),
-    ("POST", "/admin/keys", ["user_id", "org_id", "name"]),
+    ("POST", "/admin/keys", ["user_id", "org_id", "name", "models", "routes", "read_only", "limit_millicredits",
+                             "limit_period"]),
+    ("PATCH", "/admin/keys/{id}", ["name", "models", "routes", "read_only", "limit_millicredits", "limit_period"]),
     ("POST", "/v1/byok/keys", ["provider", "api_key", "scope"]),
     ("POST", "/v1/byok/keys/openai/toggle", ["enabled"]),
     ("POST", "/v1/byok/keys/{id}/toggle", ["enabled"]),
+    ("PUT", f"/admin/orgs/{A}/alert-thresholds", ["pool", "allocation"]),
+    ("PUT", "/admin/orgs/{id}/alert-thresholds", ["pool", "allocation"]),
 ]
 json_leaves = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**63), max_value=2**63 - 1),
                         st.floats(allow_nan=False, allow_infinity=False), st.sampled_from(EDGES), times(),
@@ -137,6 +153,10 @@ def fill(template: str, draw_id: Any) -> str:
 
 def assert_contract(response: httpx.Response) -> None:
     assert response.status_code < 500, (response.status_code, response.text)
+    if response.status_code == 200 and response.url.path.endswith("/usage.csv"):  # a download: CSV, not JSON
+        assert response.headers["content-type"] == "text/csv; charset=utf-8", response.text
+        assert response.text.startswith("request_id,recorded_at,"), response.text
+        return
     assert response.headers["content-type"] == "application/json", response.text
     body = response.json()
     if response.status_code < 400:
@@ -178,17 +198,23 @@ async def test_bodies(shared_world: World, route: tuple[str, str, list[str]], ca
 
 
 USAGE_ROUTES = [("operator", f"/admin/orgs/{A}/usage"), ("admin_a", f"/admin/orgs/{A}/usage"),
-                ("member_a", "/v1/usage"), ("admin_b", "/api/v1/llm/usage")]
+                ("member_a", "/v1/usage"), ("admin_b", "/api/v1/llm/usage"),
+                ("operator", f"/admin/orgs/{A}/usage.csv"), ("admin_a", f"/admin/orgs/{A}/usage.csv"),
+                ("member_a", "/v1/usage.csv"), ("admin_b", "/api/v1/llm/usage.csv")]
+# what the attribution filters meet: good ones, and what the gateway refuses to record
+FILTERS = st.none() | st.sampled_from(["support", "t" * 64, "t" * 65, "a,b", "a b", "=cmd", "caf\u00e9", "\x00",
+                                       "u" * 256, "u" * 257, ""]) | st.text(max_size=80)
 
 
 @FUZZ
 @given(route=st.sampled_from(USAGE_ROUTES), start=st.none() | times(), end=st.none() | times(),
-       group_by=st.sampled_from(["model", "day", "user", "price_version"]))
+       group_by=st.sampled_from(["model", "day", "user", "price_version", "key_id", "end_user", "tag", "power_level"]),
+       end_user=FILTERS, tag=FILTERS)
 async def test_usage_windows(shared_world: World, route: tuple[str, str], start: str | None, end: str | None,
-                             group_by: str) -> None:
+                             group_by: str, end_user: str | None, tag: str | None) -> None:
     caller, path = route
-    params = {"group_by": group_by} | ({"start": start} if start is not None else {}) | (
-        {"end": end} if end is not None else {})
+    given_ = {"group_by": group_by, "start": start, "end": end, "end_user": end_user, "tag": tag}
+    params = {name: value for name, value in given_.items() if value is not None}
     assert_contract(await shared_world.http.get(path, params=params, headers=headers(caller)))
 
 
@@ -203,6 +229,7 @@ async def test_grant_expiry(shared_world: World, expires_at: str, org: str) -> N
 # values of a kind no body field takes: each is 400 invalid_value naming the field, whatever the field
 WRONG_KINDS = [[], {}, [1, 2], {"a": [1]}, 1.5, "\x00"]
 ALLOWED = {"/admin": "operator", "/v1/byok/keys": "member_a"}
+LISTS = {"pool", "allocation"}  # fields that take a list (of percents): a list of lists is their wrong kind
 
 
 @pytest.mark.parametrize("wrong", WRONG_KINDS, ids=repr)
@@ -212,6 +239,8 @@ async def test_every_body_field_refuses_every_wrong_kind(shared_world: World, me
                                                          wrong: Any) -> None:
     caller = next(who for prefix, who in ALLOWED.items() if path.startswith(prefix))
     fields = next(f for m, p, f in BODY_ROUTES if (m, p) == (method, path))
+    if field in LISTS and isinstance(wrong, list):
+        wrong = [wrong]
     body = {name: GOOD[name] for name in fields} | {field: wrong}
     response = await shared_world.call(caller, method, path, body)
     assert_contract(response)

@@ -5,6 +5,10 @@ org admin mints are bound to their org; the audit log pages each row exactly onc
 
 from __future__ import annotations
 
+import csv
+import io
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -12,7 +16,7 @@ import pytest
 
 from proxy.errors import ProxyError
 
-from .world import ADMIN_A, KEYS, LONER, MEMBER_A, TARGET_A, TARGET_B, A, B, World, hold
+from .world import ADMIN_A, KEYS, LONER, MEMBER_A, TARGET_A, TARGET_B, A, B, World, hold, spent
 
 
 def error(response: httpx.Response) -> tuple[int, str, str | None]:
@@ -160,6 +164,40 @@ async def test_org_admins_read_only_their_orgs_rows(world: World) -> None:
     assert b_usage.json() == {"data": [], "has_more": False}
     ledger = (await world.call("admin_a", "GET", f"/admin/orgs/{A}/ledger")).json()["data"]
     assert {e["user_id"] for e in ledger} == {MEMBER_A, None}
+
+
+async def test_attribution_and_the_csv_download_stay_in_their_lane(world: World) -> None:
+    """The same end user and tag in both orgs and on two members of A: an org admin's groups and CSV hold
+    only their org's records, a member's only their own, and B's records never show through a filter."""
+    for org, user, rid in ((A, MEMBER_A, "req-a2"), (A, TARGET_A, "req-a3"), (B, TARGET_B, "req-b2")):
+        await world.ledger.reserve(replace(hold(org, user, rid, 900), end_user="shared-customer", tags=("shared",)))
+        await world.ledger.settle(org, rid, spent(100))
+    now = datetime.now(UTC)
+    window = f"start={now - timedelta(days=1):%Y-%m-%dT%H:%M:%SZ}&end={now + timedelta(days=1):%Y-%m-%dT%H:%M:%SZ}"
+
+    async def rows(caller: str, path: str) -> list[tuple[str, str]]:
+        response = await world.call(caller, "GET", path)
+        assert response.status_code == 200, response.text
+        return [(r[0], r[2]) for r in csv.reader(io.StringIO(response.text))][1:]
+
+    assert await rows("admin_a", f"/admin/orgs/{A}/usage.csv?{window}") == [
+        ("req-a1", MEMBER_A), ("req-a2", MEMBER_A), ("req-a3", TARGET_A)]
+    assert await rows("admin_a", f"/admin/orgs/{A}/usage.csv?{window}&user_id={TARGET_B}") == []
+    assert await rows("member_a", f"/v1/usage.csv?{window}&tag=shared") == [("req-a2", MEMBER_A)]
+    assert await rows("admin_a", f"/v1/usage.csv?{window}") == []  # an org admin's own records: none
+    assert await rows("admin_b", f"/admin/orgs/{B}/usage.csv?{window}&end_user=shared-customer") == [
+        ("req-b2", TARGET_B)]
+    assert error(await world.call("admin_a", "GET", f"/admin/orgs/{B}/usage.csv?{window}")) == (
+        403, "not_a_member", None)
+    assert error(await world.call("member_a", "GET", f"/admin/orgs/{A}/usage.csv?{window}")) == (
+        403, "admin_required", None)
+    by_tag = (await world.call("admin_a", "GET", f"/admin/orgs/{A}/usage?group_by=tag")).json()["data"]
+    assert [(g["tag"], g["requests"], g["charged_millicredits"]) for g in by_tag] == [
+        ("shared", 2, 200), (None, 1, 700)]
+    mine = (await world.call("member_a", "GET", "/v1/usage?group_by=end_user&tag=shared")).json()["data"]
+    assert [(g["end_user"], g["requests"], g["charged_millicredits"]) for g in mine] == [("shared-customer", 1, 100)]
+    keys = (await world.call("admin_b", "GET", f"/admin/orgs/{B}/usage?group_by=key_id")).json()["data"]
+    assert [(g["key_id"], g["requests"]) for g in keys] == [("key_x", 2)]
 
 
 async def test_an_org_admin_reads_a_members_allocation_as_the_member_sees_it(world: World) -> None:

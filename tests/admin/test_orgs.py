@@ -94,11 +94,12 @@ async def test_usage_passes_group_user_and_window(admin: Admin, fake_ledger: Fak
                             start="2026-11-01T00:00:00Z", end="2026-12-01T00:00:00+00:00")
     assert answer == {"data": [{"user": "x", "requests": 2, "prompt_tokens": 10, "completion_tokens": 5,
                                 "charged_millicredits": 42, "list_price_millicredits": 70}], "has_more": False}
-    assert fake_ledger.last() == (
-        "usage", (org, "user", user, datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
-    )
+    assert fake_ledger.last() == ("usage", (
+        org, "user", user, datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC), None, None, 1000))
     await admin.ok("GET", f"/admin/orgs/{org}/usage")
-    assert fake_ledger.last() == ("usage", (org, "model", None, None, None))
+    assert fake_ledger.last() == ("usage", (org, "model", None, None, None, None, None, 1000))
+    await admin.ok("GET", f"/admin/orgs/{org}/usage", group_by="tag", end_user="customer 42", tag="team-a")
+    assert fake_ledger.last() == ("usage", (org, "tag", None, None, None, "customer 42", "team-a", 1000))
     await admin.ok("GET", f"/admin/orgs/{org}/usage", group_by="day")
     assert fake_ledger.last()[1][1] == "day"
 

@@ -74,7 +74,8 @@ async def test_a_key_is_shown_once_and_the_admin_token_never(admin: Admin) -> No
         assert TOKEN not in response.text, response.request.url
     listed = responses[0].json()["data"]
     assert [k["prefix"] for k in listed] == [key[:10]]
-    assert set(listed[0]) == {"id", "user_id", "org_id", "name", "prefix", "created_at", "revoked_at", "revoked"}
+    assert set(listed[0]) == {"id", "user_id", "org_id", "name", "prefix", "created_at", "revoked_at", "revoked",
+                              "models", "routes", "read_only", "limit_millicredits", "limit_period", "usage"}
     stored = await admin.pool.fetchval("SELECT count(*) FROM creditgate.api_keys WHERE key_hash = $1", key)
     assert stored == 0  # only the hash is stored
     audit = await admin.pool.fetchval("SELECT string_agg(detail::text, ' ') FROM creditgate.admin_audit")

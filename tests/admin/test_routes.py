@@ -85,6 +85,7 @@ NOT_AN_ORG_ADMIN: Expect = (403, "not_an_org_admin")
 BYOK_NOT_FOUND: Expect = (404, "byok_key_not_found")
 REQUEST_NOT_FOUND: Expect = (404, "request_not_found")
 GRANT = {"amount_millicredits": 5_000, "reason": "matrix", "idempotency_key": "matrix-1"}
+CSV_WINDOW = "start=2026-01-01T00:00:00Z&end=2026-03-01T00:00:00Z"
 
 ADMIN_ROWS = [
     Row("create org", "POST", "/admin/orgs", operator_only(201), {"name": "New", "tier": "free"},
@@ -110,6 +111,9 @@ ADMIN_ROWS = [
     Row("audit B", "GET", f"/admin/orgs/{B}/audit", admin_of_b(200)),
     Row("audit of all", "GET", "/admin/audit", operator_only(200)),
     Row("usage A by price version", "GET", f"/admin/orgs/{A}/usage?group_by=price_version", admin_of_a(200)),
+    Row("usage A by tag", "GET", f"/admin/orgs/{A}/usage?group_by=tag&end_user=c1", admin_of_a(200)),
+    Row("usage A as CSV", "GET", f"/admin/orgs/{A}/usage.csv?{CSV_WINDOW}", admin_of_a(200)),
+    Row("usage B as CSV", "GET", f"/admin/orgs/{B}/usage.csv?{CSV_WINDOW}&tag=t", admin_of_b(200)),
     Row("price versions", "GET", "/admin/price-versions", operator_only(200)),
     Row("one price version", "GET", f"/admin/price-versions/{PRICES.version}", operator_only(200)),
     Row("an unknown price version", "GET", "/admin/price-versions/pv_0000000000000000",
@@ -164,6 +168,17 @@ ADMIN_ROWS = [
          "operator": (404, "user_not_found")}, {"user_id": "usr_missing"}),
     Row("list keys", "GET", "/admin/keys", {**admin_of_a(200), "admin_b": OK}),
     Row("list B's keys", "GET", f"/admin/keys?org_id={B}", admin_of_b(200)),
+    Row("scope a key of A", "PATCH", f"/admin/keys/{KEY_IDS['target_a']}", admin_of_a(200),
+        {"models": ["fake-small"], "limit_millicredits": 500}, audits=("key.update",)),
+    Row("scope a key of B", "PATCH", f"/admin/keys/{KEY_IDS['target_b']}",
+        {"member_a": ADMIN_REQUIRED, "admin_a": NOT_A_MEMBER, "admin_b": OK, "operator": OK}, {"read_only": True},
+        audits=("key.update",)),
+    Row("scope an unknown key", "PATCH", "/admin/keys/key_missing",
+        {"member_a": ADMIN_REQUIRED, "admin_a": NOT_A_MEMBER, "admin_b": NOT_A_MEMBER,
+         "operator": (404, "key_not_found")}, {"read_only": True}),
+    Row("a scoped key for a member of A", "POST", "/admin/keys", {**admin_of_a(201), "admin_b": NOT_A_MEMBER},
+        {"user_id": TARGET_A, "org_id": A, "routes": ["/v1/credits"], "read_only": True,
+         "limit_millicredits": 100, "limit_period": "day"}, audits=("key.create",)),
     Row("revoke a key of A", "DELETE", f"/admin/keys/{KEY_IDS['target_a']}", admin_of_a(200),
         audits=("key.revoke",)),
     Row("revoke a key of B", "DELETE", f"/admin/keys/{KEY_IDS['target_b']}",
@@ -171,6 +186,19 @@ ADMIN_ROWS = [
     Row("revoke an unknown key", "DELETE", "/admin/keys/key_missing",
         {"member_a": ADMIN_REQUIRED, "admin_a": NOT_A_MEMBER, "admin_b": NOT_A_MEMBER,
          "operator": (404, "key_not_found")}),
+    Row("alerts of A", "GET", f"/admin/orgs/{A}/alerts", admin_of_a(200)),
+    Row("alerts of B", "GET", f"/admin/orgs/{B}/alerts", admin_of_b(200)),
+    Row("alerts of an unknown org", "GET", "/admin/orgs/org_missing/alerts",
+        {"member_a": NOT_A_MEMBER, "admin_a": NOT_A_MEMBER, "admin_b": NOT_A_MEMBER,
+         "operator": (404, "org_not_found")}),
+    Row("alert thresholds of A", "GET", f"/admin/orgs/{A}/alert-thresholds", admin_of_a(200)),
+    Row("change A's alert thresholds", "PUT", f"/admin/orgs/{A}/alert-thresholds", admin_of_a(200),
+        {"pool": [75]}, audits=("org.alert_thresholds",)),
+    Row("change B's alert thresholds", "PUT", f"/admin/orgs/{B}/alert-thresholds", admin_of_b(200),
+        {"allocation": [90]}, audits=("org.alert_thresholds",)),
+    Row("export dead letters", "GET", "/admin/export/dead-letters", operator_only(200)),
+    Row("retry an unknown dead letter", "POST", "/admin/export/dead-letters/123/retry",
+        operator_only(404) | {"operator": (404, "dead_letter_not_found")}),
 ]
 
 ORG_SCOPE = "?scope=org"
@@ -180,6 +208,8 @@ CALLER_ROWS = [
     Row("credits of B by header", "GET", "/v1/credits", members(NOT_A_MEMBER, NOT_A_MEMBER, OK), extra={"x-org-id": B}),
     Row("credit history", "GET", "/v1/credits/history", members(OK, OK, OK)),
     Row("usage", "GET", "/v1/usage?group_by=day", members(OK, OK, OK)),
+    Row("usage by end user", "GET", "/v1/usage?group_by=end_user&tag=t", members(OK, OK, OK)),
+    Row("usage as CSV", "GET", f"/v1/usage.csv?{CSV_WINDOW}", members(OK, OK, OK)),
     Row("A's request", "GET", "/v1/requests/req-a1", members(OK, OK, REQUEST_NOT_FOUND)),
     Row("B's request", "GET", "/v1/requests/req-b1", members(REQUEST_NOT_FOUND, REQUEST_NOT_FOUND, OK)),
     Row("purchase", "POST", "/v1/credits/purchase", members(*[(410, "purchases_disabled")] * 3), {"amount": 5}),
@@ -218,7 +248,8 @@ async def check_cell(world: World, row: Row, caller: str) -> None:
     allowed = status in (200, 201)
     before = await snapshot(world.pool)
     response = await world.call(caller, row.method, row.path, row.body, row.extra)
-    assert response.headers["content-type"] == "application/json", response.text
+    media = "text/csv; charset=utf-8" if allowed and ".csv?" in row.path else "application/json"  # the downloads
+    assert response.headers["content-type"] == media, response.text
     if allowed:
         assert response.status_code == status, response.text
     else:
@@ -240,7 +271,8 @@ async def check_cell(world: World, row: Row, caller: str) -> None:
 def outside(snap: dict[str, list[dict[str, Any]]], org: str) -> dict[str, list[dict[str, Any]]]:
     """The snapshot without `org`'s own rows (its org row, memberships, keys, pool, journal, audit)."""
     own = {"orgs": "id", "memberships": "org_id", "api_keys": "org_id", "provider_keys": "org_id",
-           "pools": "org_id", "grants": "org_id", "journal": "org_id", "admin_audit": "org_id"}
+           "pools": "org_id", "grants": "org_id", "journal": "org_id", "admin_audit": "org_id",
+           "budget_thresholds": "org_id", "export_outbox": "org_id"}
     return {table: [r for r in rows if table not in own or r[own[table]] != org] for table, rows in snap.items()}
 
 
@@ -261,6 +293,6 @@ def _template(path: str) -> str:
                            (KEY_IDS["target_a"], "{key}"), (KEY_IDS["target_b"], "{key}"), ("key_missing", "{key}"),
                            ("req-a1", "{request_id}"), ("req-b1", "{request_id}"), ("keys/openai", "keys/{provider}"),
                            ("models/fake-small", "models/{model_id:path}"), (PRICES.version, "{version}"),
-                           ("pv_0000000000000000", "{version}")):
+                           ("pv_0000000000000000", "{version}"), ("dead-letters/123", "dead-letters/{event}")):
         path = path.replace(concrete, name)
     return path

@@ -34,6 +34,8 @@ from proxy.config.settings import Secret, Settings
 from proxy.db.migrate import migrate
 from proxy.directory.crypto import KeyBox, last4
 from proxy.directory.pg import PgDirectory
+from proxy.export.alerts import PgAlerts
+from proxy.export.outbox import PgOutbox
 from proxy.ledger.pg import PgLedger
 from proxy.ledger.types import HoldRequest, Settlement
 from tests.fakes import DirectoryKeys
@@ -172,6 +174,8 @@ _TABLES = {
     "grants": ("SELECT * FROM creditgate.grants ORDER BY id", "org_id"),
     "journal": ("SELECT * FROM creditgate.journal ORDER BY id", "org_id"),
     "admin_audit": ("SELECT * FROM creditgate.admin_audit ORDER BY id", "org_id"),
+    "budget_thresholds": ("SELECT * FROM creditgate.budget_thresholds ORDER BY org_id", "org_id"),
+    "export_outbox": ("SELECT * FROM creditgate.export_outbox ORDER BY id", "org_id"),
 }
 
 
@@ -183,6 +187,24 @@ async def snapshot(pool: asyncpg.Pool, outside: str | None = None) -> dict[str, 
             rows = [r for r in rows if r[org_column] != outside]
         out[table] = rows
     return out
+
+
+DEAD_LETTER = 424242  # the id of the dead letter `seed_export_rows` plants
+
+
+async def seed_export_rows(pool: asyncpg.Pool) -> None:
+    """A budget alert of A and a dead-lettered export event of A, so the export routes answer with rows
+    (tests/export/ fires and dead-letters them for real)."""
+    await pool.execute(
+        """INSERT INTO creditgate.budget_alerts (org_id, scope, user_id, threshold, period_start, used, budget,
+                                                 fired_at)
+           VALUES ($1, 'allocation', $2, 80, 'epoch', 820, 1000, now())""", A, TARGET_A)
+    await pool.execute(
+        """INSERT INTO creditgate.export_outbox (org_id, id, code, transaction_id, occurred_at, properties, attempts,
+                                                 next_attempt_at, last_status, last_error, dead_at, created_at)
+           OVERRIDING SYSTEM VALUE
+           VALUES ($1, $2, 'llm_usage', 'req-a1', now(), '{"charged_millicredits": 700}', 1, now(), 400,
+                   'HTTP 400', now(), now())""", A, DEAD_LETTER)
 
 
 def settings() -> Settings:
@@ -214,7 +236,8 @@ async def open_world(dsn: str) -> AsyncIterator[World]:
                        config=LiveConfig(Snapshot.of(policy, catalogue)), keybox=KEYBOX, probe=Probe(), created=0),
         *admin_routes(directory, ledger, admin_token=Secret(TOKEN), lookup_key=directory.api_key,
                       on_revoke=on_revoke, tiers=[t.name for t in policy.tiers],
-                      power_levels=[lv.name for lv in policy.power_levels]),
+                      power_levels=[lv.name for lv in policy.power_levels], dead_letters=PgOutbox(pool),
+                      alerts=PgAlerts(pool)),
     ]
     app = create_app(settings(), policies=(), routes=routes)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)

@@ -30,7 +30,8 @@ def test_the_request_record_and_credits_are_the_contracts_fields() -> None:
     assert answers.RequestRecord.__struct_fields__ == (
         "request_id", "status", "model", "prompt_tokens", "completion_tokens", "held_millicredits",
         "charged_millicredits", "list_price_millicredits", "usage_source", "byok", "price_version")
-    assert answers.Credits.__struct_fields__ == ("org_id", "pool", "allocation")
+    assert answers.Credits.__struct_fields__ == ("org_id", "pool", "allocation", "key")
+    assert answers.KeyCredit.__struct_fields__ == ("id", "limit", "used", "held", "available", "period", "resets_at")
     assert answers.PoolCredit.__struct_fields__ == ("balance", "held", "available")
     assert answers.Allocation.__struct_fields__ == ("limit", "used", "held", "available", "period", "resets_at")
     assert answers.Listing.__struct_fields__ == ("data", "has_more")
@@ -39,7 +40,9 @@ def test_the_request_record_and_credits_are_the_contracts_fields() -> None:
 def test_a_key_is_shown_only_where_it_is_created() -> None:
     with_key = [name for name, struct in inspect.getmembers(answers, inspect.isclass)
                 if issubclass(struct, msgspec.Struct) and "key" in struct.__struct_fields__]
-    assert with_key == ["CreatedApiKey"]
+    assert with_key == ["CreatedApiKey", "Credits"]
+    # /v1/credits' `key` is the calling key's spend under its own limit, never a key
+    assert answers.Credits.__annotations__["key"].startswith("Annotated[KeyCredit | None")
     assert "api_key" not in answers.ProviderKey.__struct_fields__
 
 

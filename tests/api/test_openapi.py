@@ -85,6 +85,24 @@ def test_answers_and_errors_are_typed(doc: dict[str, Any]) -> None:
     assert "403" not in paths["/v1/credits"]["get"]["responses"]
 
 
+def test_the_usage_downloads_are_csv_and_the_usage_routes_name_their_filters(doc: dict[str, Any]) -> None:
+    paths = doc["paths"]
+    for path in ("/v1/usage.csv", "/admin/orgs/{org}/usage.csv"):
+        answer = paths[path]["get"]["responses"]
+        assert list(answer["200"]["content"]) == ["text/csv"]
+        assert answer["200"]["content"]["text/csv"]["schema"]["type"] == "string"
+        assert answer["400"] == {"$ref": "#/components/responses/E400"}
+        names = [p["name"] for p in paths[path]["get"]["parameters"] if p["in"] == "query"]
+        assert {"end_user", "tag", "start", "end"} <= set(names)
+    groups = {path: next(p["schema"]["enum"] for p in paths[path]["get"]["parameters"] if p["name"] == "group_by")
+              for path in ("/v1/usage", "/admin/orgs/{org}/usage")}
+    assert groups == {"/v1/usage": ["model", "day", "end_user", "tag", "power_level"],
+                      "/admin/orgs/{org}/usage": ["user", "model", "day", "price_version", "key_id", "end_user",
+                                                  "tag", "power_level"]}
+    usage = doc["components"]["schemas"]["Usage"]["properties"]
+    assert {"end_user", "tag", "key_id"} <= set(usage)
+
+
 # (declaration, body, the param the handler names): the schema refuses it too
 REFUSED: list[tuple[type[bodies.Body], dict[str, Any], str | None]] = [
     (bodies.CreateOrg, {"name": "A", "tier": "platinum"}, "tier"),

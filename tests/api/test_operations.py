@@ -36,7 +36,7 @@ def mounted() -> set[tuple[str, str]]:
                                                      load_catalogue(ROOT / "litellm_config.yaml"))),
                        keybox=KeyBox([Secret(Fernet.generate_key().decode())]), probe=unused, created=0),
         *admin_routes(unused, unused, admin_token=Secret("t" * 32), lookup_key=unused, on_revoke=unused,
-                      tiers=TIERS, power_levels=POWER_LEVELS),
+                      tiers=TIERS, power_levels=POWER_LEVELS, dead_letters=unused, alerts=unused),
     ]
     found = set()
     for route in routes:
@@ -49,7 +49,7 @@ def mounted() -> set[tuple[str, str]]:
 def test_every_mounted_caller_and_admin_route_has_its_operation_and_no_other() -> None:
     documented = {(op.method, op.path) for op in OPERATIONS if op not in CLIENT}
     assert documented == mounted()
-    assert len(mounted()) == 34
+    assert len(mounted()) == 36 + 5 + 1  # + the export's and budget alerts' five, + PATCH /admin/keys/{key}
 
 
 def test_every_billed_route_is_documented() -> None:
@@ -68,11 +68,14 @@ def test_operation_ids_are_unique_camel_case_and_paths_use_known_parameters() ->
 def test_bodies_and_answers_are_declared_structs() -> None:
     requests = {op.body for op in OPERATIONS if op.body is not None and op not in CLIENT}
     assert requests == {bodies.CreateOrg, bodies.PatchOrg, bodies.Grant, bodies.Adjustment, bodies.CreateUser,
-                        bodies.PutMember, bodies.CreateKey, bodies.PutProviderKey, bodies.ToggleProviderKey}
+                        bodies.PutMember, bodies.CreateKey, bodies.PatchKey, bodies.PutProviderKey,
+                        bodies.ToggleProviderKey, bodies.PutAlertThresholds}
     for op in OPERATIONS:
         assert op.answers, op.operation_id
-        if op not in CLIENT:
+        if op not in CLIENT and op.media == "application/json":  # the CSV downloads are text, described
             assert all(not isinstance(answer, dict) for answer in op.answers.values()), op.operation_id
+    assert {op.operation_id for op in OPERATIONS if op.media != "application/json"} == {
+        "downloadOrgUsage", "downloadUsage"}
     purchase = next(op for op in OPERATIONS if op.operation_id == "purchaseCredits")
     assert purchase.answers == {410: answers.Error}
 
@@ -80,7 +83,7 @@ def test_bodies_and_answers_are_declared_structs() -> None:
 def test_who_may_call_follows_the_contract() -> None:
     access = {op.operation_id: op.access for op in OPERATIONS}
     operator_only = {"createOrg", "listOrgs", "updateOrg", "grantCredits", "adjustCredits", "listAudit", "createUser",
-                     "listUsers", "listPriceVersions", "getPriceVersion"}
+                     "listUsers", "listPriceVersions", "getPriceVersion", "listDeadLetters", "retryDeadLetter"}
     assert {op_id for op_id, who in access.items() if who == "operator"} == operator_only
     assert {op.operation_id for op in OPERATIONS if op.path.startswith("/admin/")} - operator_only == {
         op_id for op_id, who in access.items() if who == "org_admin"}

@@ -80,7 +80,7 @@ async def test_usage_groups_by_model_by_default_for_the_caller_only(caller: Call
     assert answer(response) == (200, {"data": [{
         "model": "fake-small", "requests": 2, "prompt_tokens": 30, "completion_tokens": 12,
         "charged_millicredits": 7, "list_price_millicredits": 5}], "has_more": False})
-    assert caller.ledger.calls == [("usage", ("org_a", "model", "usr_root", None, None))]
+    assert caller.ledger.calls == [("usage", ("org_a", "model", "usr_root", None, None, None, None, 1000))]
 
 
 async def test_usage_by_day_between_rfc3339_times_in_utc(caller: Caller) -> None:
@@ -90,8 +90,29 @@ async def test_usage_by_day_between_rfc3339_times_in_utc(caller: Caller) -> None
     assert response.json()["data"][0]["day"] == "fake-small"
     assert caller.ledger.calls == [("usage", (
         "org_a", "day", "usr_alice", datetime(2026, 1, 1, tzinfo=UTC),
-        datetime(2026, 2, 1, 1, 30, 0, 500000, tzinfo=UTC),
+        datetime(2026, 2, 1, 1, 30, 0, 500000, tzinfo=UTC), None, None, 1000,
     ))]
+
+
+async def test_usage_by_end_user_or_tag_with_filters(caller: Caller) -> None:
+    caller.ledger.usage_rows = [{"group": None, "requests": 1, "prompt_tokens": 3, "completion_tokens": 1,
+                                 "charged_millicredits": 2, "list_price_millicredits": 1}]
+    query = {"group_by": "tag", "end_user": "customer 42", "tag": "team-a"}
+    assert answer(await caller.get("/v1/usage", params=query)) == (200, {"data": [{
+        "tag": None, "requests": 1, "prompt_tokens": 3, "completion_tokens": 1, "charged_millicredits": 2,
+        "list_price_millicredits": 1}], "has_more": False})
+    assert caller.ledger.calls == [("usage", ("org_a", "tag", "usr_alice", None, None, "customer 42", "team-a",
+                                              1000))]
+
+
+async def test_usage_answers_at_most_1000_groups_and_says_there_are_more(caller: Caller) -> None:
+    caller.ledger.usage_rows = [{"group": f"u{i:04d}", "requests": 1, "prompt_tokens": 1, "completion_tokens": 1,
+                                 "charged_millicredits": 1, "list_price_millicredits": 1} for i in range(1002)]
+    body = (await caller.get("/v1/usage?group_by=end_user")).json()
+    assert (len(body["data"]), body["data"][-1]["end_user"], body["has_more"]) == (1000, "u0999", True)
+    caller.ledger.usage_rows = caller.ledger.usage_rows[:1000]
+    body = (await caller.get("/v1/usage?group_by=end_user")).json()
+    assert (len(body["data"]), body["has_more"]) == (1000, False)
 
 
 TIME_MESSAGE = "'{0}' must be an RFC 3339 timestamp, e.g. 2026-01-31T00:00:00Z."
@@ -99,9 +120,9 @@ TIME_MESSAGE = "'{0}' must be an RFC 3339 timestamp, e.g. 2026-01-31T00:00:00Z."
 
 @pytest.mark.parametrize(("query", "expected"), [
     ("group_by=user", error(400, "invalid_request_error", "invalid_value",
-                            "'group_by' must be one of 'model', 'day'.", "group_by")),
+                            "'group_by' must be one of 'model', 'day', 'end_user', 'tag'.", "group_by")),
     ("group_by=", error(400, "invalid_request_error", "invalid_value",
-                        "'group_by' must be one of 'model', 'day'.", "group_by")),
+                        "'group_by' must be one of 'model', 'day', 'end_user', 'tag'.", "group_by")),
     ("start=2026-01-01", error(400, "invalid_request_error", "invalid_value", TIME_MESSAGE.format("start"),
                                "start")),
     ("end=2026-01-01T00:00:00", error(400, "invalid_request_error", "invalid_value", TIME_MESSAGE.format("end"),
@@ -115,6 +136,18 @@ TIME_MESSAGE = "'{0}' must be an RFC 3339 timestamp, e.g. 2026-01-31T00:00:00Z."
         400, "invalid_request_error", "invalid_value", "'end' must be after 'start'.", "end")),
     ("start=2026-02-02T00:00:00Z&end=2026-02-02T00:00:00Z", error(
         400, "invalid_request_error", "invalid_value", "'end' must be after 'start'.", "end")),
+    ("tag=a,b", error(400, "invalid_request_error", "invalid_value",
+                      "'tag' must be 1 to 64 of the characters A-Z a-z 0-9 . _ : -.", "tag")),
+    ("tag=" + "t" * 65, error(400, "invalid_request_error", "invalid_value",
+                              "'tag' must be 1 to 64 of the characters A-Z a-z 0-9 . _ : -.", "tag")),
+    ("tag=", error(400, "invalid_request_error", "invalid_value",
+                   "'tag' must be 1 to 64 of the characters A-Z a-z 0-9 . _ : -.", "tag")),
+    ("end_user=", error(400, "invalid_request_error", "invalid_value", "'end_user' must be 1 to 256 characters.",
+                        "end_user")),
+    ("end_user=" + "u" * 257, error(400, "invalid_request_error", "invalid_value",
+                                    "'end_user' must be 1 to 256 characters.", "end_user")),
+    ("end_user=a%00b", error(400, "invalid_request_error", "invalid_value",
+                             "'end_user' must not contain control characters.", "end_user")),
 ])
 async def test_usage_rejects_bad_input(caller: Caller, query: str, expected: object) -> None:
     assert answer(await caller.get(f"/v1/usage?{query}")) == expected

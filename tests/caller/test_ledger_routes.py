@@ -89,12 +89,13 @@ async def test_credits_show_the_pool_and_the_callers_allocation(http: httpx.Asyn
     resets_at = datetime.fromisoformat(body["allocation"].pop("resets_at"))
     assert (status, body) == (200, {
         "org_id": "org_a", "pool": {"balance": GRANT - 700, "held": 300, "available": GRANT - 700 - 300},
-        "allocation": {"limit": 100_000, "used": 700, "held": 0, "available": 100_000 - 700, "period": "month"}})
+        "allocation": {"limit": 100_000, "used": 700, "held": 0, "available": 100_000 - 700, "period": "month"},
+        "key": None})  # FakeIdentify names no key: tests/e2e/test_scoped_keys.py shows a key's own
     assert resets_at == next_month(datetime.now(UTC))
     assert await get(http, "/api/v1/llm/credits", "bob") == (200, {
         "org_id": "org_a", "pool": {"balance": GRANT - 700, "held": 300, "available": GRANT - 700 - 300},
         "allocation": {"limit": None, "used": 0, "held": 300, "available": GRANT - 700 - 300, "period": "none",
-                       "resets_at": None}})
+                       "resets_at": None}, "key": None})
 
 
 async def test_request_records_follow_visibility(http: httpx.AsyncClient) -> None:

@@ -139,3 +139,26 @@ def test_settlement_hook_counts_posted_tokens_once() -> None:
     assert 'creditgate_credits_charged_millicredits_total{model="fake-small"} 300.0' in text
     assert 'creditgate_settlements_total{outcome="already_settled"} 1.0' in text
     assert 'creditgate_settlements_total{outcome="voided"} 1.0' in text
+
+
+def test_the_usage_export_is_off_by_default_and_its_url_and_secret_stay_hidden() -> None:
+    off = Settings.from_env(GOOD)
+    assert (off.export_url, off.export_secret, off.export_timeout_seconds, off.export_max_attempts) == (
+        None, None, 10.0, 12)
+    on = Settings.from_env({**GOOD, "CREDITGATE_EXPORT_URL": "https://billing.test/events?token=url-token-1",
+                            "CREDITGATE_EXPORT_SECRET": " whsec-secret-1 ", "CREDITGATE_EXPORT_MAX_ATTEMPTS": "3",
+                            "CREDITGATE_EXPORT_BACKOFF_SECONDS": "0.5", "CREDITGATE_EXPORT_RETENTION_SECONDS": "0"})
+    assert on.export_url is not None and on.export_url.reveal() == "https://billing.test/events?token=url-token-1"
+    assert on.export_secret is not None and on.export_secret.reveal() == "whsec-secret-1"
+    assert (on.export_max_attempts, on.export_backoff_seconds, on.export_retention_seconds) == (3, 0.5, 0.0)
+    assert "url-token-1" not in repr(on) and "whsec-secret-1" not in repr(on)
+    bad = {**GOOD, "CREDITGATE_EXPORT_URL": "ftp://billing.test/?token=url-token-2",
+           "CREDITGATE_EXPORT_SECRET": "whsec-secret-2", "CREDITGATE_EXPORT_MAX_ATTEMPTS": "0"}
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env(bad)
+    assert str(raised.value).splitlines() == [
+        "CREDITGATE_EXPORT_URL must be an http or https URL",
+        "CREDITGATE_EXPORT_MAX_ATTEMPTS must be at least 1, got '0'",
+        "CREDITGATE_EXPORT_SECRET is set but CREDITGATE_EXPORT_URL is not",
+    ]
+    assert "url-token-2" not in str(raised.value) and "whsec-secret-2" not in str(raised.value)

@@ -9,7 +9,7 @@ import pytest
 
 from proxy.directory.apikeys import hash_key
 from proxy.directory.pg import PgDirectory
-from proxy.directory.types import ApiKey, Membership, StoredProviderKey
+from proxy.directory.types import ApiKey, KeyScope, Membership, StoredProviderKey
 from proxy.errors import ProxyError
 
 
@@ -29,6 +29,41 @@ async def test_api_key_by_hash_including_revoked(directory: PgDirectory) -> None
     assert await directory.api_key(hash_key(created["key"])) == ApiKey(created["id"], user, org, True)
     assert await directory.api_key(hash_key("sk-cg-unknown")) is None
     assert await directory.revoke_key("key_unknown", "operator") is None
+
+
+async def test_a_scoped_key_is_stored_changed_audited_and_read_by_the_hot_path(directory: PgDirectory) -> None:
+    org, _, user = await seed(directory)
+    await directory.put_member(org, user, {}, "operator")
+    scope = KeyScope(("fake-small",), ("/v1/chat/completions",), True, 5_000, "day")
+    created = await directory.create_key(user, org, "k", "operator", scope)
+    assert {k: created[k] for k in ("models", "routes", "read_only", "limit_millicredits", "limit_period")} == {
+        "models": ("fake-small",), "routes": ("/v1/chat/completions",), "read_only": True,
+        "limit_millicredits": 5_000, "limit_period": "day"}
+    assert created["usage"] == {"limit": 5_000, "used": 0, "held": 0, "available": 5_000, "period": "day",
+                                "resets_at": created["usage"]["resets_at"]}
+    key_hash = hash_key(created["key"])
+    assert await directory.api_key(key_hash) == ApiKey(created["id"], user, org, False, ("fake-small",),
+                                                       ("/v1/chat/completions",), True)
+    changes = {"models": None, "read_only": False, "limit_millicredits": None}
+    assert await directory.update_key(created["id"], changes, "operator") == key_hash
+    assert await directory.api_key(key_hash) == ApiKey(created["id"], user, org, False, None,
+                                                       ("/v1/chat/completions",), False)
+    row = await directory.get_key(created["id"])
+    assert row is not None and (row["limit_millicredits"], row["usage"]["available"]) == (None, None)
+    audit, _ = await directory.list_audit(org, 10, None)
+    assert (audit[0]["action"], audit[0]["detail"]) == ("key.update", changes)
+    assert await directory.update_key("key_unknown", {"read_only": True}, "operator") is None
+
+
+async def test_a_spend_limit_needs_a_key_bound_to_an_org(directory: PgDirectory) -> None:
+    org, _, user = await seed(directory)
+    with pytest.raises(ProxyError) as exc:
+        await directory.create_key(user, None, "k", "operator", KeyScope(limit_millicredits=1))
+    assert (exc.value.code, exc.value.param) == ("invalid_value", "org_id")
+    unbound = await directory.create_key(user, None, "k", "operator")
+    with pytest.raises(ProxyError) as exc:
+        await directory.update_key(unbound["id"], {"limit_millicredits": 1}, "operator")
+    assert (exc.value.code, exc.value.param) == ("invalid_value", "limit_millicredits")
 
 
 async def test_memberships_carry_org_tier_and_suspension_default_first(directory: PgDirectory) -> None:

@@ -6,6 +6,7 @@ one its hold was sized from, and settles at most its hold."""
 
 from __future__ import annotations
 
+import re
 import secrets
 import string
 from typing import Any
@@ -56,7 +57,10 @@ openai_fields = st.fixed_dictionaries({}, optional={
     "max_completion_tokens": st.integers(1, 100_000),
     "stop": st.sampled_from(["\n", ["x", "y"]]),
     "seed": st.integers(0, 2**31),
-    "user": st.text(string.ascii_letters, min_size=1, max_size=16),
+    # the end user recorded for attribution: good ones, and what is refused (not a string, too long, control
+    # characters; 400 naming `user`)
+    "user": st.text(string.ascii_letters, min_size=1, max_size=16) | st.text(max_size=300)
+    | st.sampled_from([42, ["a"], {"id": 1}, True, "u" * 256, "u" * 257, "a\x00b", "", "=cmd"]),
     "presence_penalty": st.floats(-2, 2, allow_nan=False),
     "stream": st.booleans(),
     "stream_options": st.just({"include_usage": True}),
@@ -70,6 +74,27 @@ junk_fields = st.dictionaries(st.text(string.ascii_letters + "_-", min_size=1, m
 fallbacks = st.one_of(st.none(), st.sampled_from(["downgrade", "none", "DownGrade", ""]),
                       st.text(string.ascii_letters + string.digits + " -,", max_size=12))
 GOOD_FALLBACKS = ("downgrade", "none", "")
+# X-Tags: absent, good lists (spaces, duplicates, empty elements), too many, too long, unsafe characters
+TAG_CHARS = string.ascii_letters + string.digits + "._:-"
+x_tags = st.one_of(
+    st.none(),
+    st.lists(st.text(TAG_CHARS, min_size=1, max_size=66), max_size=10).map(", ".join),
+    st.lists(st.sampled_from(["a", "b", "support", "x" * 64]), max_size=12).map(",".join),
+    st.text(TAG_CHARS + " ,;=@/\"'", max_size=40).map(str.strip),
+)
+SAFE_TAG = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def tags_ok(header: str | None) -> bool:
+    """The contract's rule, spelled independently of proxy/gateway/attribution.py."""
+    tags = [t.strip(" \t") for t in (header or "").split(",")]
+    tags = [t for t in tags if t]
+    return all(SAFE_TAG.fullmatch(t) for t in tags) and len(set(tags)) <= 8
+
+
+def user_ok(body: dict[str, Any]) -> bool:
+    user = body.get("user")
+    return user is None or (isinstance(user, str) and len(user) <= 256 and not re.search(r"[\x00-\x1f\x7f-\x9f]", user))
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +103,10 @@ def fuzz_member(gateway: Gateway) -> Member:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-@given(openai_fields, litellm_fields, junk_fields, fallbacks)
+@given(openai_fields, litellm_fields, junk_fields, fallbacks, x_tags)
 def test_whatever_the_body_only_the_allowlist_reaches_the_provider_under_the_holds_cap(
     fuzz_member: Member, fake_provider: services.Service, ours: dict[str, Any], theirs: dict[str, Any],
-    junk: dict[str, Any], fallback: str | None,
+    junk: dict[str, Any], fallback: str | None, tags: str | None,
 ) -> None:
     mark = "fuzz-" + secrets.token_hex(6)
     rid = "fz-" + secrets.token_hex(8)
@@ -91,6 +116,8 @@ def test_whatever_the_body_only_the_allowlist_reaches_the_provider_under_the_hol
         headers = {"x-request-id": rid, "x-power-level": "balanced"}
         if fallback is not None:
             headers["x-power-fallback"] = fallback
+        if tags is not None:
+            headers["x-tags"] = tags
         response = http.post("/v1/chat/completions", json=body, headers=headers)
         text = response.read()
     assert response.status_code < 500, text
@@ -99,11 +126,15 @@ def test_whatever_the_body_only_the_allowlist_reaches_the_provider_under_the_hol
     if response.status_code != 200:
         error = orjson.loads(text)["error"]
         assert set(error) == {"message", "type", "param", "code"} and error["code"] == "invalid_value", error
-        if fallback is not None and fallback.strip().lower() not in GOOD_FALLBACKS:
-            assert error["param"] == "X-Power-Fallback", error
+        if fallback is not None and fallback.strip().lower() not in GOOD_FALLBACKS and tags_ok(tags) and user_ok(body):
+            assert error["param"] == "X-Power-Fallback", error  # (bad attribution is found first, with the body)
+        # attribution is refused only when it is bad (and, being parsed with the body, before the allowlist)
+        assert (error["param"] == "X-Tags") <= (not tags_ok(tags)), (tags, error)
+        assert (error["param"] == "user") <= (not user_ok(body)), (body.get("user"), error)
         assert seen == []
         assert fuzz_member.get(f"/v1/requests/{rid}").status_code == 404
         return
+    assert tags_ok(tags) and user_ok(body), (tags, body.get("user"))  # nothing bad is admitted
     [sent] = seen
     extra = set(sent["body"]) - CHAT - CONTROLS
     assert not extra, extra

@@ -109,3 +109,27 @@ def test_dropped_trace_spans_are_counted_by_bounded_reason() -> None:
                  'creditgate_trace_spans_dropped_total{reason="export_failed"} 512.0',
                  'creditgate_trace_spans_dropped_total{reason="other"} 1.0'):
         assert line in lines
+
+
+def test_export_and_budget_alert_metrics_keep_their_labels_bounded() -> None:
+    metrics = Metrics()
+    metrics.exported("delivered", 3)
+    metrics.exported("retried", 0)
+    metrics.exported("something-else", 2)
+    metrics.budget_alert("pool", 80)
+    metrics.budget_alert("allocation", 100)
+    metrics.budget_alert("allocation", 100)
+    metrics.budget_alert("org_acme", 50)  # never an org, never a value outside 1-100
+    metrics.budget_alert("pool", 1000)
+    metrics.set_export_depth(4, 12.5, 1)
+    metrics.export_delay(0.02)
+    value = metrics.registry.get_sample_value
+    assert value("creditgate_export_events_total", {"outcome": "delivered"}) == 3
+    assert value("creditgate_export_events_total", {"outcome": "retried"}) is None
+    assert value("creditgate_export_events_total", {"outcome": "other"}) == 2
+    assert value("creditgate_budget_alerts_total", {"scope": "pool", "threshold": "80"}) == 1
+    assert value("creditgate_budget_alerts_total", {"scope": "allocation", "threshold": "100"}) == 2
+    text = metrics.render()[0].decode()
+    assert "org_acme" not in text and 'threshold="1000"' not in text
+    assert (value("creditgate_export_outbox_pending"), value("creditgate_export_outbox_oldest_seconds"),
+            value("creditgate_export_dead_letters"), value("creditgate_export_delay_seconds_count")) == (4, 12.5, 1, 1)

@@ -76,6 +76,19 @@ async def test_hold_request_carries_exact_rates(
     assert (request.org_id, request.user_id, request.key_id, request.model, request.byok) == (
         "org_a", "usr_1", "key_1", "fake-small", False)
     assert request.prompt_tokens == ctx.prompt_tokens == counter.prompt_tokens("chat/completions", ctx.body)
+    assert (request.end_user, request.tags) == (None, ())
+
+
+async def test_the_hold_carries_the_requests_end_user_and_tags(
+    policy: PolicyConfig, catalogue: Catalogue, counter: TokenCounter, ledger: FakeLedger
+) -> None:
+    """What the passthrough parsed with the body (proxy/gateway/attribution.py) is recorded on the hold."""
+    ctx = await admitted(policy, catalogue, {"model": "fake-small", "messages": MESSAGES, "user": "customer-42"},
+                         tier="starter", level="eco")
+    ctx.end_user, ctx.tags = "customer-42", ("support", "beta")
+    await run(credits_for(ledger, policy, catalogue, counter), ctx, answered(Usage(1, 1)))
+    assert (ledger.holds[0].end_user, ledger.holds[0].tags) == ("customer-42", ("support", "beta"))
+    assert ctx.body["user"] == "customer-42"  # still forwarded: `user` is on the route's OpenAI allowlist
 
 
 async def test_n_best_of_and_prompt_lists_multiply_the_output_bound(

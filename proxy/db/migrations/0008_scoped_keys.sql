@@ -13,9 +13,10 @@
 --    Every one of them updates holds and usage_records after taking the org's pool lock, and every
 --    key_usage row belongs to one org: writers of a key's row are serialised by that org's pool lock,
 --    and the lock order (holds -> allocations -> pools -> key_usage) stays global: no deadlock.
--- 2. Attribution: the OpenAI `user` field (end_user) and the X-Tags header (tags) are written on the hold
---    at reserve time and copied onto its usage record, whoever writes it.
--- ledger_batch is 0006's with the key check, the key in the settle's `remaining`, and two more arguments.
+-- 2. Attribution: the OpenAI `user` field (end_user), the X-Tags header (tags) and the power level that
+--    served the request are written on the hold at reserve time and copied onto its usage record, whoever
+--    writes it.
+-- ledger_batch is 0006's with the key check, the key in the settle's `remaining`, and three more arguments.
 SET LOCAL search_path = creditgate;
 
 ALTER TABLE api_keys
@@ -40,9 +41,11 @@ CREATE TABLE key_usage (
 ALTER TABLE holds ADD COLUMN key_period_start timestamptz;  -- NULL: the key was unknown to the ledger
 ALTER TABLE holds ADD COLUMN end_user text;
 ALTER TABLE holds ADD COLUMN tags text[];
+ALTER TABLE holds ADD COLUMN power_level text;
 ALTER TABLE usage_records ADD COLUMN key_period_start timestamptz;
 ALTER TABLE usage_records ADD COLUMN end_user text;
 ALTER TABLE usage_records ADD COLUMN tags text[];
+ALTER TABLE usage_records ADD COLUMN power_level text;
 CREATE INDEX usage_org_key_time ON usage_records (org_id, key_id, recorded_at);
 
 -- The usage record carries its hold's price version, key period and attribution, whichever function
@@ -55,6 +58,7 @@ BEGIN
   NEW.key_period_start := h.key_period_start;
   NEW.end_user := h.end_user;
   NEW.tags := h.tags;
+  NEW.power_level := h.power_level;
   RETURN NEW;
 END $$;
 
@@ -65,10 +69,11 @@ BEGIN
     RAISE EXCEPTION 'illegal hold transition % -> %', OLD.state, NEW.state;
   END IF;
   IF (OLD.org_id, OLD.request_id, OLD.user_id, OLD.amount, OLD.period_start, OLD.input_rate, OLD.output_rate,
-      OLD.prompt_tokens, OLD.byok, OLD.price_version, OLD.key_id, OLD.key_period_start, OLD.end_user, OLD.tags)
+      OLD.prompt_tokens, OLD.byok, OLD.price_version, OLD.key_id, OLD.key_period_start, OLD.end_user, OLD.tags,
+      OLD.power_level)
      IS DISTINCT FROM (NEW.org_id, NEW.request_id, NEW.user_id, NEW.amount, NEW.period_start, NEW.input_rate,
       NEW.output_rate, NEW.prompt_tokens, NEW.byok, NEW.price_version, NEW.key_id, NEW.key_period_start,
-      NEW.end_user, NEW.tags) THEN
+      NEW.end_user, NEW.tags, NEW.power_level) THEN
     RAISE EXCEPTION 'hold % identity fields are immutable', OLD.id;
   END IF;
   RETURN NEW;
@@ -117,7 +122,7 @@ CREATE FUNCTION ledger_batch(
   r_prompt bigint[], r_in numeric[], r_out numeric[], r_lin numeric[], r_lout numeric[], r_owner text[],
   s_org text[], s_rid text[], s_prompt bigint[], s_completion bigint[], s_charge bigint[], s_list bigint[],
   s_source text[], s_model text[], s_provider text[], s_deployment text[], r_price_version text[] DEFAULT NULL,
-  r_end_user text[] DEFAULT NULL, r_tags text[] DEFAULT NULL)
+  r_end_user text[] DEFAULT NULL, r_tags text[] DEFAULT NULL, r_power_level text[] DEFAULT NULL)
 RETURNS TABLE (op text, idx int, status text, amount bigint, charged bigint, remaining bigint)
 LANGUAGE plpgsql SET search_path = creditgate, pg_temp AS $$
 #variable_conflict use_column
@@ -317,10 +322,11 @@ BEGIN
     IF st IS NULL THEN
       INSERT INTO holds (org_id, request_id, user_id, key_id, model, byok, amount, period_start, prompt_tokens,
              input_rate, output_rate, list_input_rate, list_output_rate, owner, created_at, expires_at, price_version,
-             key_period_start, end_user, tags)
+             key_period_start, end_user, tags, power_level)
       VALUES (cur, r_rid[i], r_user[i], r_key[i], r_model[i], r_byok[i], r_amount[i], ps, r_prompt[i],
              r_in[i], r_out[i], r_lin[i], r_lout[i], r_owner[i], t, t + make_interval(secs => p_ttl_seconds),
-             r_price_version[i], kps, r_end_user[i], nullif(string_to_array(r_tags[i], ','), '{}'))
+             r_price_version[i], kps, r_end_user[i], nullif(string_to_array(r_tags[i], ','), '{}'),
+             r_power_level[i])
       ON CONFLICT (org_id, request_id) WHERE state <> 'voided' DO NOTHING
       RETURNING id INTO hid;
       IF hid IS NULL THEN
