@@ -9,6 +9,11 @@ if ! command -v postgres >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/postg
 fi
 command -v curl >/dev/null 2>&1 || need+=(curl)
 { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || need+=(prometheus)
+# tests/clients run openai-node (its lock: tests/clients/node/package-lock.json) with the machine's Node.js
+{ command -v node && command -v npm; } >/dev/null 2>&1 || need+=(nodejs npm)
+# tests/console drive a real browser: Debian's chromium and its driver (never a downloaded one)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
   echo "installing: ${need[*]}" >&2
