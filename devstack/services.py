@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import json
 import os
 import shutil
 import signal
@@ -25,7 +26,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -399,6 +400,32 @@ def launch_litellm(config: Path, port: int | None = None, master_key: str = MAST
 
 def litellm_ready(svc: Service) -> Service:
     wait_until(lambda: _http_ok(f"{svc.url}/health/liveliness"), svc, 90)
+    return svc
+
+
+# ---------------------------------------------------------------- Prometheus
+
+
+def start_prometheus(targets: Sequence[str], *, rule_files: Sequence[Path] = (), job: str = "creditgate",
+                     interval: str = "1s") -> Service:
+    """A real Prometheus (Debian's `prometheus` package) on a free loopback port, scraping `targets`
+    (`host:port`) every `interval` as `job`, with its own storage folder, removed by `stop()`."""
+    binary = shutil.which("prometheus")
+    if not binary:
+        raise RuntimeError("prometheus not found: scripts/install-system.sh installs Debian's prometheus package")
+    home = scratch("prometheus-")
+    config = {"global": {"scrape_interval": interval, "scrape_timeout": interval, "evaluation_interval": interval},
+              "rule_files": [str(f) for f in rule_files],
+              "scrape_configs": [{"job_name": job, "static_configs": [{"targets": list(targets)}]}]}
+    (home / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
+    port = free_port()
+    log = logdir() / f"prometheus-{port}.log"
+    proc = _spawn("prometheus", [binary, f"--config.file={home / 'prometheus.yml'}",
+                                 f"--storage.tsdb.path={home / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                  None, log)
+    svc = Service("prometheus", proc, port, f"http://127.0.0.1:{port}", log, home)
+    svc.cleanup.append(lambda: shutil.rmtree(home, ignore_errors=True))
+    wait_until(lambda: _http_ok(f"{svc.url}/-/ready"), svc, 60)
     return svc
 
 

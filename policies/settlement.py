@@ -45,6 +45,14 @@ def unavailable(exc: BaseException) -> bool:
     return isinstance(exc, UNAVAILABLE) or (isinstance(exc, ProxyError) and exc.code == "ledger_unavailable")
 
 
+def streamed(ctx: RequestContext) -> int:
+    """The completion tokens counted offline so far, never above what the hold was sized for: the provider
+    stops at the output cap, while the offline count of its chunks may read more tokens than it sent (a
+    chunk split differently by o200k), and an estimate above the hold would be overage."""
+    counted = ctx.meter.tokens()
+    return counted if ctx.output_bound is None else min(counted, ctx.output_bound)
+
+
 def requested(body: dict[str, object], name: str) -> int:
     """A positive count the request asks for (`n`, `best_of`), else 1."""
     value = body.get(name)
@@ -216,7 +224,7 @@ class Settle:
         if ctx.meter.chunks > 0 or ctx.response_started or answered:
             if images:  # served, count unknown: what was asked for
                 return self._settlement(ESTIMATE, ctx.prompt_tokens, 0, requested(ctx.body, "n"))
-            return self._settlement(ESTIMATE, ctx.prompt_tokens, ctx.meter.tokens(), None)
+            return self._settlement(ESTIMATE, ctx.prompt_tokens, streamed(ctx), None)
         return None
 
     def _settlement(self, source: str, prompt: int, completion: int, images: int | None) -> Settlement:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 
 from proxy.db.pool import STATEMENT_TIMEOUT_MS, UNAVAILABLE, Pool, create_pool
 from proxy.errors import ProxyError
@@ -44,6 +45,10 @@ class PgLedger(LedgerQueries):
         self._committer = GroupCommitter(pool, self.hold_ttl_seconds, timeout=self.timeout, max_batch=max_batch,
                                          flushers=flushers)
         self._background = Background()
+        # where the void of an abandoned reserve goes when PostgreSQL cannot take it (the app hands it to the
+        # spool, proxy/ledger/spool.py): a hold whose outcome the caller never learnt is released on replay
+        # instead of being charged its prompt by the sweeper for a request that was answered 503
+        self.on_lost_void: Callable[[str, str], Awaitable[None]] | None = None
 
     @classmethod
     async def connect(cls, dsn: str, *, hold_ttl_seconds: float, max_size: int = 8, batching: bool = True,
@@ -143,6 +148,13 @@ class PgLedger(LedgerQueries):
         try:
             await self._call("SELECT creditgate.void_hold($1, $2, $3)", org_id, request_id, owner, retries=2)
         except ProxyError:
+            if self.on_lost_void is not None:
+                try:
+                    await self.on_lost_void(org_id, request_id)
+                    log.warning("could not void an abandoned hold now; its void is spooled for replay")
+                    return
+                except Exception as exc:  # noqa: BLE001 - the sweeper's fallback remains
+                    log.error("could not spool the void of an abandoned hold: %s", type(exc).__name__)
             log.warning("could not void an abandoned hold; the sweeper will settle it")
 
 

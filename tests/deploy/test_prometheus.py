@@ -11,7 +11,6 @@ import math
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,32 +83,11 @@ def limited_policy(directory: Path) -> Path:
 
 
 class Prometheus:
-    """A Prometheus on a free loopback port with its own storage folder; `stop()` ends it by PID and
-    removes the folder."""
+    """A Prometheus on a free loopback port with its own storage folder (devstack.services.start_prometheus);
+    `stop()` ends it by PID and removes the folder."""
 
     def __init__(self, targets: list[str]) -> None:
-        self.home = Path(tempfile.mkdtemp(prefix="creditgate-prometheus-"))
-        config = {"global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-                  "rule_files": [str(ALERTS)],
-                  "scrape_configs": [{"job_name": "creditgate", "static_configs": [{"targets": targets}]}]}
-        (self.home / "prometheus.yml").write_text(yaml.safe_dump(config))
-        port = services.free_port()
-        binary = shutil.which("prometheus")
-        assert binary, "prometheus missing: scripts/install-system.sh installs Debian's prometheus package"
-        log = services.logdir() / f"prometheus-{port}.log"
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(
-                [binary, f"--config.file={self.home / 'prometheus.yml'}", f"--storage.tsdb.path={self.home / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{port}"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        self.svc = services.Service(name="prometheus", proc=proc, port=port, url=f"http://127.0.0.1:{port}", log=log)
-        self.svc.cleanup.append(lambda: shutil.rmtree(self.home, ignore_errors=True))
-        try:
-            services.wait_until(lambda: httpx.get(f"{self.svc.url}/-/ready", timeout=2).status_code == 200,
-                                self.svc, 60)
-        except BaseException:
-            self.stop()
-            raise
+        self.svc = services.start_prometheus(targets, rule_files=[ALERTS])
 
     def stop(self) -> None:
         self.svc.stop()

@@ -37,7 +37,8 @@ async def test_reserve_settle_under_and_over(org: PgLedger, db: asyncpg.Connecti
     assert (exc.value.status, exc.value.code) == (409, "request_id_in_use")
     assert await org.credits(ORG, U1) == {
         "org_id": ORG, "pool": {"balance": 730, "held": 0, "available": 730},
-        "allocation": {"limit": None, "used": 270, "held": 0, "available": 730, "period": "none", "resets_at": None}}
+        "allocation": {"limit": None, "used": 270, "held": 0, "available": 730, "period": "none", "resets_at": None},
+        "key": None}  # no key named: tests/ledger/test_key_limits.py has a key's own bound
     assert await violations(db) == []
 
 
@@ -129,3 +130,24 @@ async def _dead_pool() -> asyncpg.Pool:
 
     pool = asyncpg.create_pool(f"postgresql://postgres@127.0.0.1:{free_port()}/x", min_size=0, max_size=2)
     return await pool  # min_size=0: nothing connects until first use
+
+
+async def test_the_void_of_an_abandoned_reserve_goes_to_the_spool_when_postgresql_cannot_take_it(
+        ledger: PgLedger, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reserve whose answer was lost (ledger_unavailable, the hold maybe committed) is voided blind; when that
+    void fails too it is handed to `on_lost_void` (the app's spool) rather than left for the sweeper to charge
+    a request that was answered 503 (found by `make chaos` while PostgreSQL restarted)."""
+    lost: list[tuple[str, str]] = []
+
+    async def spool(org_id: str, request_id: str) -> None:
+        lost.append((org_id, request_id))
+
+    async def down(*args: object, **kwargs: object) -> object:
+        raise ProxyError.ledger_unavailable()
+
+    monkeypatch.setattr(ledger, "_call", down)
+    await ledger._void_quietly("org_l", "r1", "owner")  # noqa: SLF001 - the background path under test
+    assert lost == []  # no hook: left to the sweeper, as before
+    ledger.on_lost_void = spool
+    await ledger._void_quietly("org_l", "r1", "owner")  # noqa: SLF001
+    assert lost == [("org_l", "r1")]

@@ -102,6 +102,32 @@ async def test_client_leaving_mid_stream_is_an_estimate(
     assert completion == 6 and ledger.voided == []
 
 
+async def test_an_estimate_never_counts_more_output_than_the_hold_was_sized_for(
+    credits: ReserveCredits, ledger: FakeLedger, policy: PolicyConfig, catalogue: Catalogue, counter: TokenCounter
+) -> None:
+    """The provider stops at the output cap; counting its chunks offline can read more tokens than it sent
+    (found by `make chaos`: a stream cut near its cap was counted at twice the cap and charged above its hold).
+    The estimate and the checkpoints are clamped to the cap times n, so they stay within the hold."""
+    body: dict[str, Any] = {"model": "fake-medium", "messages": MESSAGES, "stream": True, "max_tokens": 3, "n": 2}
+    ctx = await admitted(policy, catalogue, body)
+    pieces = [" w12"] * 10  # o200k reads each as two tokens: 20 counted, 6 the most the provider could send
+
+    async def breaks(ctx: RequestContext) -> None:
+        ctx.upstream_status, ctx.response_started = 200, True
+        for piece in pieces:
+            ctx.meter.feed(piece)
+        await asyncio.sleep(0.12)  # a checkpoint or two while it streams
+        ctx.failure = "upstream_failed"
+
+    await run(credits, ctx, breaks)
+    assert counter.count("".join(pieces)) == 20 and ctx.output_bound == 6
+    ((_, _, settlement),) = ledger.settled
+    assert (settlement.usage_source, settlement.completion_tokens) == ("estimate", 6)
+    assert settlement.charge == expected(PRICES["fake-medium"], ctx.prompt_tokens, 6, "starter", "balanced")
+    assert settlement.charge <= ledger.holds[0].amount
+    assert ledger.checkpoints and {c for _, _, c in ledger.checkpoints} == {6}
+
+
 async def test_stream_broken_before_any_chunk_charges_the_prompt(
     credits: ReserveCredits, ledger: FakeLedger, policy: PolicyConfig, catalogue: Catalogue
 ) -> None:
