@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +55,9 @@ class Target:
     results: dict[str, Phase] = field(default_factory=dict)
     side_pids: tuple[int, ...] = ()  # other servers it needs (PostgreSQL, Redis): their CPU is reported apart
     side_cpu: dict[str, float] = field(default_factory=dict)  # phase -> CPU seconds of side_pids
+    # phase -> CPU seconds of the rest of the tree: the load client (this process) and, for a target in front
+    # of it, the fake provider. With the target's and side_pids', the whole tree's CPU (bench.report)
+    rest_cpu: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +114,8 @@ async def wait_ready(url: str, key: str, timeout: float = 30) -> None:
     raise RuntimeError(f"{url} not ready")
 
 
-async def measure(target: Target, seconds: float) -> None:
+async def measure(target: Target, seconds: float, provider_pid: int | None = None) -> None:
+    """Runs the plan against `target`; `provider_pid`: the fake provider behind it (None: it is the target)."""
     plan = [
         ("ns_c1", NONSTREAM, 1), ("ns_c32", NONSTREAM, 32),
         ("s_c1", STREAM, 1), ("s_c32", STREAM, 32), ("slow_c64", SLOW, 64),
@@ -120,7 +124,10 @@ async def measure(target: Target, seconds: float) -> None:
     for name, body, concurrency in plan:
         before = tree_cpu_seconds(target.pid) if target.pid else 0.0
         side_before = sum(tree_cpu_seconds(pid) for pid in target.side_pids)
+        rest_before = time.process_time() + (tree_cpu_seconds(provider_pid) if provider_pid else 0.0)
         phase = await run_phase(target.url, target.key, body, concurrency, seconds)
+        target.rest_cpu[name] = time.process_time() + (tree_cpu_seconds(provider_pid) if provider_pid else 0.0) \
+            - rest_before
         phase.cpu_seconds = (tree_cpu_seconds(target.pid) - before) if target.pid else None
         if target.side_pids:
             target.side_cpu[name] = sum(tree_cpu_seconds(pid) for pid in target.side_pids) - side_before
@@ -159,9 +166,11 @@ def report(targets: list[Target]) -> None:
 
 
 async def main_async(seconds: float, plug: list[str], skip_litellm: bool, log_level: str, key: str,
-                     gateways: Sequence[GatewaySpec] | None = None) -> list[Target]:
+                     gateways: Sequence[GatewaySpec] | None = None,
+                     after: Callable[[list[Target]], Awaitable[None]] | None = None) -> list[Target]:
     """Runs the benchmark and prints the tables; `gateways` (default: one, "gateway", from `plug` and
-    `key`) are the gateway processes measured between the bare passthrough and LiteLLM."""
+    `key`) are the gateway processes measured between the bare passthrough and LiteLLM. `after` runs
+    once the tables are printed, while every target is still up (bench.report's open streams)."""
     gateways = gateways if gateways is not None else [GatewaySpec("gateway", plug, key)]
     logs = Path(tempfile.mkdtemp(prefix="creditgate-bench-"))
     provider = services.start_fake_provider()
@@ -190,8 +199,10 @@ async def main_async(seconds: float, plug: list[str], skip_litellm: bool, log_le
             await wait_ready(t.url, t.key)
         print(f"bench: {seconds:g} s per phase; CPUs {sorted(os.sched_getaffinity(0))}; logs in {logs}")
         for t in targets:
-            await measure(t, seconds)
+            await measure(t, seconds, provider.proc.pid if t.pid != provider.proc.pid else None)
         report(targets)
+        if after is not None:
+            await after(targets)
         return targets
     finally:
         for proc in procs:

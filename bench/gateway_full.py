@@ -32,6 +32,8 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,12 @@ from bench.gateway import GatewaySpec, Target, main_async
 from devstack import services
 from devstack.stack import gateway_env
 
+# The bench's tables start empty and grow by thousands of rows a minute. PL/pgSQL caches each statement's
+# plan per connection until the table is analyzed; with autovacuum's default 1-minute nap, ledger_batch's
+# `holds JOIN unnest(...)` kept a sequential-scan plan made for the empty table for the whole run (1.7 ms
+# of PostgreSQL CPU per reserve+settle pair at 9,000 holds, 0.09 ms once analyzed; issue 13's notes). A
+# production ledger's tables are large and analyzed: a 1 s nap makes the bench's plans what production runs.
+STEADY_STATS = {"autovacuum_naptime": "1"}
 CREDIT_MILLICREDITS = 10**12  # a billion credits: a few hundred thousand requests cost far less
 ACTOR = "bench"
 
@@ -58,16 +66,17 @@ def full_app(upstream: str) -> Starlette:
 def _prefix_app(upstream: str, stop: str, *, inclusive: bool) -> Starlette:
     """The whole product, but its chain cut at the policy class named `stop` (kept if `inclusive`).
     Bench only: this replaces the composition root's `default_policies` in this gateway's own process."""
+    import policies as chain_module
     from proxy import app
 
-    whole = app.default_policies
+    whole = chain_module.default_policies
 
     def policies(**parts: Any) -> tuple[Any, ...]:
         chain = whole(**parts)
         names = [type(p).__name__ for p in chain]
         return chain[:names.index(stop) + inclusive]  # ValueError (the gateway does not start): renamed
 
-    app.default_policies = policies  # type: ignore[assignment]  # for this process only
+    setattr(app, "default_policies", policies)  # noqa: B010 - for this process only; proxy.app imported the name
     return full_app(upstream)
 
 
@@ -142,9 +151,10 @@ async def ledger_counts(dsn: str, org_id: str) -> dict[str, int]:
     return {k: int(v) for k, v in counts.items()}
 
 
-def settlement_report(full: Target, counts: dict[str, int], verify_rc: int) -> bool:
-    """Prints the settlement check; True when every answered request was settled exactly once."""
-    answered = sum(len(p.latencies) for p in full.results.values()) + 1  # + wait_ready's one 200
+def settlement_report(full: Target, counts: dict[str, int], verify_rc: int, *, extra: int = 0) -> bool:
+    """Prints the settlement check; True when every answered request was settled exactly once. `extra`:
+    requests answered outside `full.results` (bench.report's open streams, settled `estimate`)."""
+    answered = sum(len(p.latencies) for p in full.results.values()) + 1 + extra  # + wait_ready's one 200
     errors = sum(p.errors for p in full.results.values())
     print(f"\nsettlement (full chain): {answered} requests answered 200 (incl. warm-up and the readiness probe), "
           f"{errors} errors")
@@ -172,6 +182,49 @@ def _pin(cpus: str) -> None:
         os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})  # children inherit it
 
 
+@dataclass(frozen=True, slots=True)
+class Product:
+    """What `product()` started: PostgreSQL (fsync on) and Redis, the migrated, seeded database."""
+
+    pg: services.Service
+    redis: services.Service
+    dsn: str
+    seeded: Seeded
+
+    @property
+    def side_pids(self) -> tuple[int, ...]:
+        return (self.pg.proc.pid, self.redis.proc.pid)
+
+
+@contextmanager
+def product(cpus: str, db_cpus: str | None, log_level: str, *, rate_limits: bool = False) -> Iterator[Product]:
+    """Starts PostgreSQL (pinned to `db_cpus`, default `cpus`) and Redis, migrates and seeds, exports the
+    CREDITGATE_* environment `full_app` reads, pins this process (and so its children) to `cpus`, and
+    stops both at the end."""
+    _pin(db_cpus or cpus)
+    pg = services.start_postgres(fsync=True, extra=STEADY_STATS)
+    redis: services.Service | None = None
+    workdir = Path(tempfile.mkdtemp(prefix="creditgate-bench-full-"))
+    try:
+        redis = services.start_redis()
+        _pin(cpus)
+        dsn = services.create_database(pg.url, "creditgate_bench")
+        seeded = asyncio.run(seed(dsn))
+        policy = None
+        if rate_limits:
+            policy = rate_limited_policy(services.ROOT / "policy.yaml", workdir / "policy.yaml", "starter")
+        os.environ.update(gateway_env(dsn, redis.url, "http://127.0.0.1:9", policy=policy, extra={
+            "CREDITGATE_LOG_LEVEL": log_level}))  # the upstream is replaced by full_app
+        print(f"PostgreSQL {pg.url.rsplit('@', 1)[1]} (fsync on), Redis, org {seeded.org_id} "
+              f"seeded with {CREDIT_MILLICREDITS:,} millicredits", flush=True)
+        yield Product(pg, redis, dsn, seeded)
+    finally:
+        if redis is not None:
+            redis.stop()
+        pg.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="creditgate gateway benchmark with the full policy chain")
     parser.add_argument("--seconds", type=float, default=4.0, help="duration of each measured phase")
@@ -185,33 +238,13 @@ def main() -> None:
     from proxy.ledger.verify import main_verify
 
     started = time.monotonic()
-    _pin(args.db_cpus or args.cpus)
-    pg = services.start_postgres(fsync=True)
-    redis: services.Service | None = None
-    workdir = Path(tempfile.mkdtemp(prefix="creditgate-bench-full-"))
-    try:
-        redis = services.start_redis()
-        _pin(args.cpus)
-        dsn = services.create_database(pg.url, "creditgate_bench")
-        seeded = asyncio.run(seed(dsn))
-        policy = None
-        if args.rate_limits:
-            policy = rate_limited_policy(services.ROOT / "policy.yaml", workdir / "policy.yaml", "starter")
-        os.environ.update(gateway_env(dsn, redis.url, "http://127.0.0.1:9", policy=policy, extra={
-            "CREDITGATE_LOG_LEVEL": args.gateway_log_level}))  # the upstream is replaced by full_app
-        print(f"bench.gateway_full: PostgreSQL {pg.url.rsplit('@', 1)[1]} (fsync on), Redis, org {seeded.org_id} "
-              f"seeded with {CREDIT_MILLICREDITS:,} millicredits", flush=True)
-        gateways = gateway_specs(seeded.key, (pg.proc.pid, redis.proc.pid), breakdown=args.breakdown)
-        targets = asyncio.run(main_async(args.seconds, [], args.skip_litellm, args.gateway_log_level, seeded.key,
-                                         gateways))
-        counts = asyncio.run(ledger_counts(dsn, seeded.org_id))
-        verify_rc = main_verify(dsn)
+    with product(args.cpus, args.db_cpus, args.gateway_log_level, rate_limits=args.rate_limits) as made:
+        gateways = gateway_specs(made.seeded.key, made.side_pids, breakdown=args.breakdown)
+        targets = asyncio.run(main_async(args.seconds, [], args.skip_litellm, args.gateway_log_level,
+                                         made.seeded.key, gateways))
+        counts = asyncio.run(ledger_counts(made.dsn, made.seeded.org_id))
+        verify_rc = main_verify(made.dsn)
         ok = settlement_report(next(t for t in targets if t.name == "full"), counts, verify_rc)
-    finally:
-        if redis is not None:
-            redis.stop()
-        pg.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
     print(f"\nwhole run {time.monotonic() - started:.0f} s; load average {os.getloadavg()[0]:.2f} "
           f"(1 min) at the end")
     sys.exit(0 if ok else 1)

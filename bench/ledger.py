@@ -74,18 +74,32 @@ async def cell(ledger: PgLedger, pools: int, concurrency: int, seconds: float, t
     return done / (time.monotonic() - started), failed
 
 
-async def run(dsn: str, seconds: float) -> list[tuple[str, int, int, float, int]]:
+async def design_cell(dsn: str, *, batching: bool, pools: int, concurrency: int, seconds: float,
+                      tag: str) -> tuple[float, int]:
+    """One cell with its own ledger: group commit (`batching`, 8 connections, as a replica has) or the naive
+    design (one connection per client). (pairs per second, operations that timed out); see `cell`."""
+    db = await create_pool(dsn, min_size=1, max_size=8 if batching else max(concurrency, 1))
+    ledger = PgLedger(db, hold_ttl_seconds=120, batching=batching)
+    try:
+        return await cell(ledger, pools, concurrency, seconds, tag)
+    finally:
+        await ledger.close()
+
+
+async def prepare(dsn: str, pools: int) -> None:
+    """Migrates `dsn` and seeds `pools` orgs (org_b0...) with ample credit and one member."""
     await migrate(dsn)
-    await seed(dsn, max(POOLS))
+    await seed(dsn, pools)
+
+
+async def run(dsn: str, seconds: float) -> list[tuple[str, int, int, float, int]]:
+    await prepare(dsn, max(POOLS))
     results = []
     for design in ("group commit", "naive"):
         for pools in POOLS:
             for c in CONCURRENCY:
-                batching = design == "group commit"
-                db = await create_pool(dsn, min_size=1, max_size=8 if batching else max(c, 1))
-                ledger = PgLedger(db, hold_ttl_seconds=120, batching=batching)
-                rate, failed = await cell(ledger, pools, c, seconds, f"{design[0]}{pools}-{c}")
-                await ledger.close()
+                rate, failed = await design_cell(dsn, batching=design == "group commit", pools=pools,
+                                                 concurrency=c, seconds=seconds, tag=f"{design[0]}{pools}-{c}")
                 results.append((design, pools, c, rate, failed))
                 print(f"  {design:<13} pools={pools:<5} c={c:<4} {rate:8.0f} pairs/s  {failed} timed out",
                       flush=True)
@@ -110,7 +124,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="duration of each cell")
     args = parser.parse_args()
     print(f"ledger bench: PostgreSQL fsync=on synchronous_commit=on, {args.seconds:g} s per cell")
-    pg = services.start_postgres(fsync=True)
+    pg = services.start_postgres(fsync=True, extra={"autovacuum_naptime": "1"})  # see bench.gateway_full
     try:
         results = asyncio.run(run(services.create_database(pg.url, "bench_ledger"), args.seconds))
     finally:

@@ -57,10 +57,22 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Releases a connection without asyncpg's reset query (`pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+    RESET ALL`). That query is one more round trip per release, and the caller waits for it: in a py-spy
+    profile of the gateway under 64 slow streams `Pool.release` took 12% of its samples, and a pooled
+    `SELECT 1` cost 140-190 µs of client CPU and 80 µs of PostgreSQL's with it, 75 and 30-40 without.
+    Nothing leaves session state on a pooled connection: settings are transaction-local
+    (`set_config(..., true)`), `migrate` takes its advisory lock on its own connection, and the outbox's
+    LISTEN is undone by its `remove_listener` (one left behind only receives notifications nobody reads).
+    asyncpg still rolls back a transaction left open before it calls this."""
+
+
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 8) -> asyncpg.Pool:
-    """An asyncpg pool: statement timeout 2 s, synchronous commit on, READ COMMITTED."""
+    """An asyncpg pool: statement timeout 2 s, synchronous commit on, READ COMMITTED, no reset query on
+    release (`_keep_session`)."""
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, timeout=STATEMENT_TIMEOUT_MS / 1000 + 1,
+        dsn, min_size=min_size, max_size=max_size, timeout=STATEMENT_TIMEOUT_MS / 1000 + 1, reset=_keep_session,
         server_settings={"statement_timeout": str(STATEMENT_TIMEOUT_MS), "synchronous_commit": "on",
                          "default_transaction_isolation": "read committed",
                          "application_name": "creditgate-ledger"},

@@ -20,7 +20,7 @@ MAX_RESPONSE_ID = 1024
 
 _REMEMBER = """
 INSERT INTO creditgate.response_owners (response_id, org_id, user_id, request_id)
-VALUES ($1, $2, $3, $4) ON CONFLICT (response_id) DO NOTHING"""
+VALUES ($1, $2, $3, $4) ON CONFLICT (org_id, response_id) DO NOTHING"""
 _OWNED = """
 SELECT 1 FROM creditgate.response_owners
 WHERE response_id = $1 AND org_id = $2 AND user_id = $3 AND deleted_at IS NULL"""

@@ -120,9 +120,9 @@ TIME_MESSAGE = "'{0}' must be an RFC 3339 timestamp, e.g. 2026-01-31T00:00:00Z."
 
 @pytest.mark.parametrize(("query", "expected"), [
     ("group_by=user", error(400, "invalid_request_error", "invalid_value",
-                            "'group_by' must be one of 'model', 'day', 'end_user', 'tag'.", "group_by")),
+                            "'group_by' must be one of 'model', 'day', 'end_user', 'tag', 'power_level'.", "group_by")),
     ("group_by=", error(400, "invalid_request_error", "invalid_value",
-                        "'group_by' must be one of 'model', 'day', 'end_user', 'tag'.", "group_by")),
+                        "'group_by' must be one of 'model', 'day', 'end_user', 'tag', 'power_level'.", "group_by")),
     ("start=2026-01-01", error(400, "invalid_request_error", "invalid_value", TIME_MESSAGE.format("start"),
                                "start")),
     ("end=2026-01-01T00:00:00", error(400, "invalid_request_error", "invalid_value", TIME_MESSAGE.format("end"),

@@ -19,6 +19,7 @@ from proxy.db.pool import (
     UNAVAILABLE,
     Database,
     DatabaseClosed,
+    create_pool,
     dsn_target,
     parse_serial_cursor,
     reason,
@@ -41,6 +42,28 @@ async def test_a_database_serves_once_opened_and_closes_twice_harmlessly(fresh_d
     await db.close()
     with pytest.raises(UNAVAILABLE):
         db.acquire()
+
+
+async def test_a_release_rolls_back_what_was_left_open_without_a_reset_round_trip(fresh_db: str) -> None:
+    """asyncpg's reset query (RESET ALL ...) is not sent on release; an open transaction is still rolled back."""
+    pool = await create_pool(fresh_db, max_size=1)
+    watcher = await asyncpg.connect(fresh_db)
+    try:
+        async with pool.acquire() as conn:
+            pid = conn.get_server_pid()
+            await conn.execute("CREATE TABLE t (n int)")
+            await conn.execute("BEGIN")
+            await conn.execute("INSERT INTO t VALUES (1)")
+        last = await watcher.fetchval("SELECT query FROM pg_stat_activity WHERE pid = $1", pid)
+        assert last == "ROLLBACK"
+        async with pool.acquire() as conn:
+            assert conn.get_server_pid() == pid and not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT count(*) FROM t") == 0
+        assert await watcher.fetchval("SELECT query FROM pg_stat_activity WHERE pid = $1", pid) == (
+            "SELECT count(*) FROM t")
+    finally:
+        await watcher.close()
+        await pool.close()
 
 
 async def test_an_unreachable_database_fails_to_open_with_one_line_naming_the_variable() -> None:
