@@ -376,8 +376,8 @@ BEGIN
     LEFT JOIN memberships mm ON mm.org_id = x.org_id AND mm.user_id = x.user_id
     LEFT JOIN allocation_usage a ON a.org_id = x.org_id AND a.user_id = x.user_id
          AND a.period_start = period_start(mm.allocation_period, t)
-    LEFT JOIN api_keys kk ON kk.id = x.key_id
-    LEFT JOIN key_usage ku ON ku.org_id = x.org_id AND ku.key_id = x.key_id
+    LEFT JOIN api_keys kk ON x.op = 'settle' AND kk.id = x.key_id AND kk.limit_millicredits IS NOT NULL
+    LEFT JOIN key_usage ku ON kk.id IS NOT NULL AND ku.org_id = x.org_id AND ku.key_id = x.key_id
          AND ku.period_start = period_start(kk.limit_period, t);
 END $$;
 

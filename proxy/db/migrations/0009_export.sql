@@ -141,14 +141,16 @@ CREATE INDEX budget_alerts_uncounted ON budget_alerts (id) WHERE NOT counted;
 CREATE FUNCTION fire_budget_alerts(p_org text, p_scope text, p_user text, p_used bigint, p_budget bigint,
                                    p_period timestamptz) RETURNS void
 LANGUAGE plpgsql SET search_path = creditgate, pg_temp AS $$
-DECLARE levels integer[]; th integer; a budget_alerts; t timestamptz := creditgate.now();
+DECLARE levels integer[]; th integer; a budget_alerts; t timestamptz;
 BEGIN
+  IF p_used <= 0 OR p_used::numeric * 100 < p_budget THEN RETURN; END IF;  -- under 1 %: no threshold crossed
   SELECT CASE WHEN p_scope = 'pool' THEN pool ELSE allocation END INTO levels
     FROM budget_thresholds WHERE org_id = p_org;
   IF NOT FOUND THEN levels := ARRAY[50, 80, 100]; END IF;
   FOREACH th IN ARRAY levels LOOP
     CONTINUE WHEN p_used <= 0 OR p_used::numeric * 100 < th::numeric * p_budget;
     a := NULL;
+    t := coalesce(t, creditgate.now());  -- read once, only when a threshold is crossed (most calls cross none)
     INSERT INTO budget_alerts (org_id, scope, user_id, threshold, period_start, used, budget, fired_at)
     VALUES (p_org, p_scope, p_user, th, p_period, p_used, p_budget, t)
     ON CONFLICT (org_id, scope, user_id, threshold, period_start) DO NOTHING RETURNING * INTO a;
@@ -188,5 +190,8 @@ BEGIN
   END IF;
   RETURN NULL;
 END $$;
-CREATE TRIGGER allocation_budget_alerts AFTER INSERT OR UPDATE ON allocation_usage FOR EACH ROW
+-- only when the use grows: a settle (a hold released, at most as much posted) never crosses a threshold
+CREATE TRIGGER allocation_budget_alerts AFTER INSERT ON allocation_usage FOR EACH ROW
   WHEN (NEW.posted + NEW.pending > 0) EXECUTE FUNCTION allocation_budget_alerts();
+CREATE TRIGGER allocation_budget_alerts_grow AFTER UPDATE ON allocation_usage FOR EACH ROW
+  WHEN (NEW.posted + NEW.pending > OLD.posted + OLD.pending) EXECUTE FUNCTION allocation_budget_alerts();
