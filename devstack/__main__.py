@@ -41,6 +41,7 @@ Demo org {org} (starter): {pool_available:,} millicredits available in its pool.
 Member {email} (org admin): {allocation_available:,} of {allocation_limit:,} millicredits left this {period}.
 API key:      {key}   (kept in {state_file}, mode 0600)
 Admin token:  {admin}
+Console:      {gateway}/console   (sign in with the API key, an org admin's, or the admin token)
 
   curl -sS {gateway}/v1/chat/completions \\
     -H "Authorization: Bearer {key}" -H "Content-Type: application/json" -i \\
