@@ -45,6 +45,22 @@ class Run:
     extra: int = 0  # the driver's own long streams
     problems: list[str] = field(default_factory=list)  # what a fault itself got wrong (a drain's exit status)
 
+    @classmethod
+    def start(cls, c: stack.Cluster, tag: str, seed: int, concurrency: int, max_requests: int,
+              mixed_faults: float = 0.0) -> Run:
+        """The run's population seeded through replica 0 (`tag` names its ids), BYOK keys stored, prices read from
+        the cluster's own files, and a seeded load on every replica (not started yet)."""
+        admin = c.admin()
+        try:
+            population = seed_population(admin, tag)
+        finally:
+            admin.close()
+        store_byok_keys(c.replicas[0].url, population)
+        prices = audit.Prices.read(c.litellm_config, Path(c.env["CREDITGATE_POLICY_CONFIG"]))
+        load = Load([r.url for r in c.replicas], Plan(seed, population, mixed_faults=mixed_faults), concurrency,
+                    max_requests, admin_token=c.admin_token)
+        return cls(c, population, load, prices, time.monotonic())
+
     def figures(self, title: str, final: bool = False) -> audit.Figures:
         cutoff = time.time() - (stack.HOLD_TTL_SECONDS + stack.SWEEP_INTERVAL_SECONDS + SETTLE_MARGIN)
         answers = list(self.load.answers)
@@ -173,16 +189,8 @@ def chaos(seed: int, seconds: float, max_requests: int, concurrency: int, names:
           f"faults: {', '.join(names)}", flush=True)
     c = stack.start_cluster()
     try:
-        admin = c.admin()
-        try:
-            population = seed_population(admin, f"s{seed}-{int(time.time())}")
-        finally:
-            admin.close()
-        store_byok_keys(c.replicas[0].url, population)
-        prices = audit.Prices.read(c.litellm_config, Path(c.env["CREDITGATE_POLICY_CONFIG"]))
-        load = Load([r.url for r in c.replicas], Plan(seed, population), concurrency, max_requests,
-                    admin_token=c.admin_token)
-        run = Run(c, population, load, prices, time.monotonic())
+        run = Run.start(c, f"s{seed}-{int(time.time())}", seed, concurrency, max_requests)
+        load = run.load
         gap = seconds / (len(names) + 2)
         steps = faults(run, max(2.0, gap), names)
         load.start()

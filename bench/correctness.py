@@ -18,12 +18,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from pathlib import Path
 
 from bench import audit
 from bench import cluster as stack
 from bench.chaos import Run, quiesce
-from bench.load import Load, Plan, seed_population, store_byok_keys
 
 COMMAND = "make bench-correctness"
 
@@ -67,16 +65,8 @@ def correctness(seed: int, requests: int, concurrency: int, deadline: float) -> 
     print(f"bench-correctness: seed {seed}, {requests} requests, {concurrency} at a time", flush=True)
     c = stack.start_cluster(prometheus=False)
     try:
-        admin = c.admin()
-        try:
-            population = seed_population(admin, f"c{seed}-{int(time.time())}")
-        finally:
-            admin.close()
-        store_byok_keys(c.replicas[0].url, population)
-        prices = audit.Prices.read(c.litellm_config, Path(c.env["CREDITGATE_POLICY_CONFIG"]))
-        load = Load([r.url for r in c.replicas], Plan(seed, population, mixed_faults=0.05), concurrency, requests,
-                    admin_token=c.admin_token)
-        run = Run(c, population, load, prices, time.monotonic())
+        run = Run.start(c, f"c{seed}-{int(time.time())}", seed, concurrency, requests, mixed_faults=0.05)
+        load, population, prices = run.load, run.population, run.prices
         load.start()
         stop_at = time.monotonic() + deadline
         while len(load.answers) < requests // 2 and not load.finished() and time.monotonic() < stop_at:

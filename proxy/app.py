@@ -195,7 +195,11 @@ def _billing(settings: Settings, upstream: Upstream, metrics: Metrics) -> _Billi
     """The billing around the core, built (no I/O) for `create_app`."""
     policy, catalogue = load_config(settings)
     database = Database(settings.database_url.reveal(), max_size=16)
-    ledger = PgLedger(database, hold_ttl_seconds=float(policy.hold_ttl_seconds))
+    # settlements the ledger cannot take during an outage wait on local disk; the replayer posts them after
+    spool = Spool(settings.spool_dir, ledger_id(settings.database_url.reveal()), on_depth=metrics.set_spool_depth)
+    # so does the void of a reserve whose answer was lost (PgLedger.on_lost_void)
+    ledger = PgLedger(database, hold_ttl_seconds=float(policy.hold_ttl_seconds), on_lost_void=lambda org, rid:
+                      spool.append(Entry.of(org, rid, None, {"failure": "reserve_outcome_unknown"})))
     live, reloader, catalogue_check = _live_config(settings, upstream, ledger, metrics, Snapshot.of(policy, catalogue))
     directory = PgDirectory(database)
     owners = PgResponseOwners(database)  # who may reach which stored /v1/responses answer
@@ -208,11 +212,7 @@ def _billing(settings: Settings, upstream: Upstream, metrics: Metrics) -> _Billi
     # the rate limits' client (short timeouts, no retries); also the readiness ping
     limits = rate_limit_redis(settings.redis_url.reveal(), timeout=settings.ratelimit_timeout_seconds)
     sweeper = Sweeper(ledger, float(policy.sweep_interval_seconds), on_expired=metrics.hold_expired)
-    # settlements the ledger cannot take during an outage wait on local disk; the replayer posts them after
-    spool = Spool(settings.spool_dir, ledger_id(settings.database_url.reveal()), on_depth=metrics.set_spool_depth)
     replayer = Replayer(spool, ledger, on_replayed=metrics.replayed)
-    ledger.on_lost_void = lambda org_id, request_id: spool.append(
-        Entry.of(org_id, request_id, None, {"failure": "reserve_outcome_unknown"}))
     # the chain reads memberships through a one-second cache; reserve re-checks them authoritatively
     chain = default_policies(keys=keys, directory=CachedMemberships(directory), ledger=ledger, policy=policy,
                              catalogue=catalogue, keybox=keybox, counter=counter, record=metrics.settled,

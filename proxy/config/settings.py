@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 
 class ConfigError(Exception):
@@ -183,16 +183,22 @@ class Settings:
         return settings
 
 
-def _otlp_endpoint(value: str, problems: list[str]) -> str | None:
-    """The collector's base URL (spans go to `{value}/v1/traces`), or None when tracing export is off."""
-    if not value:
-        return None
+def _http_url(value: str) -> SplitResult | None:
+    """`value` split, when it is an http(s) URL with a host and a valid port; else None."""
     parts = urlsplit(value)
     try:
         parts.port  # noqa: B018 - raises ValueError for a port outside 0-65535 or not a number
     except ValueError:
-        parts = urlsplit("")
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        return None
+    return parts if parts.scheme in ("http", "https") and parts.hostname else None
+
+
+def _otlp_endpoint(value: str, problems: list[str]) -> str | None:
+    """The collector's base URL (spans go to `{value}/v1/traces`), or None when tracing export is off."""
+    if not value:
+        return None
+    parts = _http_url(value)
+    if parts is None or parts.query or parts.fragment:
         problems.append("CREDITGATE_OTLP_ENDPOINT must be an http or https URL without a query, e.g. "
                         "http://127.0.0.1:4318")
         return None
@@ -207,12 +213,7 @@ def _export_url(value: str, problems: list[str]) -> Secret | None:
     the URL must not reach a log."""
     if not value:
         return None
-    parts = urlsplit(value)
-    try:
-        parts.port  # noqa: B018 - raises ValueError for a port outside 0-65535 or not a number
-    except ValueError:
-        parts = urlsplit("")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if _http_url(value) is None:
         problems.append("CREDITGATE_EXPORT_URL must be an http or https URL")
         return None
     return Secret(value)

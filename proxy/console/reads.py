@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from proxy.db.pool import UNAVAILABLE, Pool, Row, parse_serial_cursor
+from proxy.db.pool import UNAVAILABLE, Pool, Row, fetch, parse_serial_cursor
 from proxy.errors import ProxyError
 
 TIMEOUT = 3.0
@@ -56,11 +56,7 @@ class ConsoleReads:
         self._timeout = timeout
 
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        try:
-            async with self._pool.acquire(timeout=self._timeout) as conn:
-                return list(await conn.fetch(sql, *args, timeout=self._timeout))
-        except UNAVAILABLE as exc:
-            raise ProxyError.ledger_unavailable() from exc
+        return await fetch(self._pool, sql, *args, timeout=self._timeout)
 
     async def grants(self, org_id: str, limit: int = 100) -> Sequence[Row]:
         """Grants and adjustments, newest first, with their expiry and what expiry forfeited."""

@@ -136,6 +136,17 @@ Pool = asyncpg.Pool | Database
 """What the stores acquire connections from: the app's `Database`, or a bare asyncpg pool (tests, bench)."""
 
 
+async def fetch(pool: asyncpg.Pool | Database, query: str, *args: object, timeout: float) -> list[asyncpg.Record]:
+    """One statement on a pooled connection, `timeout` seconds to get the connection and again to run it.
+    PostgreSQL unreachable or too slow is 503 `ledger_unavailable` (fail closed); any other database error
+    propagates as it is."""
+    try:
+        async with pool.acquire(timeout=timeout) as conn:
+            return list(await conn.fetch(query, *args, timeout=timeout))
+    except UNAVAILABLE as exc:
+        raise ProxyError.ledger_unavailable() from exc
+
+
 # ------------------------------------------------------------------ start-up: reach PostgreSQL or say why
 
 # worth waiting for: the server is not up yet, or is still starting (a sidecar's PostgreSQL, a container)

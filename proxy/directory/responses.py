@@ -12,8 +12,7 @@ from typing import Protocol
 
 import asyncpg
 
-from proxy.db.pool import UNAVAILABLE, Pool
-from proxy.errors import ProxyError
+from proxy.db.pool import Pool, fetch
 
 TIMEOUT_SECONDS = 5.0
 MAX_RESPONSE_ID = 1024
@@ -44,11 +43,7 @@ class PgResponseOwners:
         self._pool = pool
 
     async def _run(self, query: str, *args: object) -> list[asyncpg.Record]:
-        try:
-            async with self._pool.acquire(timeout=TIMEOUT_SECONDS) as conn:
-                return list(await conn.fetch(query, *args, timeout=TIMEOUT_SECONDS))
-        except UNAVAILABLE as exc:
-            raise ProxyError.ledger_unavailable() from exc
+        return await fetch(self._pool, query, *args, timeout=TIMEOUT_SECONDS)
 
     async def remember(self, org_id: str, user_id: str, request_id: str, response_id: str) -> None:
         if 0 < len(response_id) <= MAX_RESPONSE_ID:

@@ -12,8 +12,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from proxy.db.pool import UNAVAILABLE, Pool, Row, parse_serial_cursor
-from proxy.errors import ProxyError
+from proxy.db.pool import Pool, Row, fetch, parse_serial_cursor
 
 DEFAULT_THRESHOLDS = (50, 80, 100)
 TIMEOUT_SECONDS = 5.0
@@ -39,11 +38,7 @@ class PgAlerts:
         self._pool = pool
 
     async def _fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
-        try:
-            async with self._pool.acquire(timeout=TIMEOUT_SECONDS) as conn:
-                return list(await conn.fetch(query, *args, timeout=TIMEOUT_SECONDS))
-        except UNAVAILABLE as exc:
-            raise ProxyError.ledger_unavailable() from exc
+        return await fetch(self._pool, query, *args, timeout=TIMEOUT_SECONDS)
 
     async def alerts(self, org_id: str, limit: int, after: str | None) -> tuple[list[Row], bool]:
         """The org's fired alerts, newest first; `after` is the last row's "id"."""

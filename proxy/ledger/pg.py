@@ -36,7 +36,8 @@ class PgLedger(LedgerQueries):
     design, kept for the benchmark and for comparison)."""
 
     def __init__(self, pool: Pool, *, hold_ttl_seconds: float, batching: bool = True,
-                 max_batch: int = 256, flushers: int = 2) -> None:
+                 max_batch: int = 256, flushers: int = 2,
+                 on_lost_void: Callable[[str, str], Awaitable[None]] | None = None) -> None:
         super().__init__(pool, STATEMENT_TIMEOUT_MS / 1000 + 1)
         self.hold_ttl_seconds = float(hold_ttl_seconds)
         self._batching = batching
@@ -48,7 +49,7 @@ class PgLedger(LedgerQueries):
         # where the void of an abandoned reserve goes when PostgreSQL cannot take it (the app hands it to the
         # spool, proxy/ledger/spool.py): a hold whose outcome the caller never learnt is released on replay
         # instead of being charged its prompt by the sweeper for a request that was answered 503
-        self.on_lost_void: Callable[[str, str], Awaitable[None]] | None = None
+        self.on_lost_void = on_lost_void
 
     @classmethod
     async def connect(cls, dsn: str, *, hold_ttl_seconds: float, max_size: int = 8, batching: bool = True,

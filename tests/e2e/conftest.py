@@ -94,6 +94,16 @@ def gateway(pg: services.Service, redis_server: services.Service, litellm: servi
     gw.svc.stop()
 
 
+@pytest.fixture
+def replica(gateway: Gateway, pg: services.Service, redis_server: services.Service, litellm: services.Service,
+            fake_provider: services.Service) -> Iterator[Gateway]:
+    """A second replica of the session's gateway: the same database, Redis, LiteLLM and settings."""
+    second = start_gateway(pg, redis_server, litellm, fake_provider, name="e2e",
+                           database_url=gateway.env["CREDITGATE_DATABASE_URL"], env=gateway.env)
+    yield second
+    second.svc.stop()
+
+
 def make_member(gw: Gateway, *, tier: str = "starter", credit: int | None = 100_000_000,
                 allocation: int | None = None, period: str = "none", org_id: str | None = None,
                 bound: bool = False, **member_fields: Any) -> Member:

@@ -148,6 +148,7 @@ async def test_the_void_of_an_abandoned_reserve_goes_to_the_spool_when_postgresq
     monkeypatch.setattr(ledger, "_call", down)
     await ledger._void_quietly("org_l", "r1", "owner")  # noqa: SLF001 - the background path under test
     assert lost == []  # no hook: left to the sweeper, as before
-    ledger.on_lost_void = spool
-    await ledger._void_quietly("org_l", "r1", "owner")  # noqa: SLF001
+    hooked = PgLedger(ledger.db, hold_ttl_seconds=120, on_lost_void=spool)
+    monkeypatch.setattr(hooked, "_call", down)
+    await hooked._void_quietly("org_l", "r1", "owner")  # noqa: SLF001
     assert lost == [("org_l", "r1")]
