@@ -1,5 +1,6 @@
 """The ledger's admin and caller-facing side (`LedgerAdmin` in proxy/api/stores.py): grants,
-adjustments, balances, journal, usage, request records. `PgLedger` (proxy/ledger/pg.py) inherits it.
+adjustments, balances, journal, request records, and the usage reads of proxy/ledger/usage.py. `PgLedger`
+(proxy/ledger/pg.py) inherits it.
 
 Amounts are integer millicredits. balance = granted - posted - overage; available = balance - held,
 never shown below 0 (overage, a receivable, can make the balance negative).
@@ -15,6 +16,7 @@ import asyncpg
 
 from proxy.db.pool import UNAVAILABLE, Pool, Row, parse_serial_cursor
 from proxy.errors import ProxyError
+from proxy.ledger.usage import UsageQueries
 
 _POOL_SQL = """SELECT granted, posted, pending, overage, version FROM creditgate.pools WHERE org_id = $1"""
 _CREDITS_SQL = """
@@ -76,22 +78,6 @@ WITH t AS (SELECT creditgate.now() AS now), accounts AS (
 SELECT account, count(*) FILTER (WHERE available * 10 < base) AS low,
        count(*) FILTER (WHERE available <= 0) AS exhausted
   FROM accounts GROUP BY account"""
-_GROUP_KEYS = {"user": "user_id", "model": "model", "day": "to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
-               "price_version": "price_version", "key_id": "key_id", "end_user": "end_user", "tag": "t.tag",
-               "power_level": "power_level"}
-# group_by=tag: a record counts once in each of its tags' groups (so tag totals can exceed the total), and a
-# record without tags in the null group
-_TAG_JOIN = "LEFT JOIN LATERAL unnest(tags) AS t(tag) ON true"
-# the usage records the CSV download streams: one keyset page, oldest first, from (recorded_at, request_id)
-# after ($3, $7) (the first page: $3 is the period's start, $7 null); usage_org_time serves the range
-_USAGE_RECORDS_SQL = """
-SELECT request_id, recorded_at, user_id, key_id, end_user, tags, model, prompt_tokens, completion_tokens, charged,
-       list_price, usage_source, byok, price_version
-  FROM creditgate.usage_records
- WHERE org_id = $1 AND ($2::text IS NULL OR user_id = $2) AND recorded_at >= $3 AND recorded_at < $4
-   AND ($5::text IS NULL OR end_user = $5) AND ($6::text IS NULL OR $6 = ANY(tags))
-   AND ($7::text IS NULL OR recorded_at > $3 OR request_id > $7)
- ORDER BY recorded_at, request_id LIMIT $8"""
 # a journal entry of a request shows the price version of its hold (the newest one before it: a voided
 # request id may be reused), one probe of holds_request per entry
 _JOURNAL_SQL = """
@@ -117,7 +103,7 @@ def allocation_row(r: asyncpg.Record, pool_available: int) -> Row:
             "resets_at": r["resets_at"]}
 
 
-class LedgerQueries:
+class LedgerQueries(UsageQueries):
     def __init__(self, pool: Pool, timeout: float) -> None:
         self.db = pool
         self.timeout = timeout
@@ -220,45 +206,6 @@ class LedgerQueries:
                 "price_version": r["price_version"]} for r in rows[:limit]]
         return out, len(rows) > limit
 
-    async def usage(self, org_id: str, *, group_by: str, user_id: str | None, start: datetime | None,
-                    end: datetime | None, end_user: str | None = None, tag: str | None = None,
-                    limit: int | None = None) -> Sequence[Row]:
-        """Usage totals grouped by "user" | "model" | "day" (UTC calendar days) | "price_version" | "key_id" |
-        "end_user" | "tag" (a record counts in each of its tags; untagged ones in the null group), ordered
-        by the group, within [start, end), optionally of one member, one end user, one tag. With `limit`,
-        at most `limit` + 1 groups: one more than `limit` tells the caller there are more."""
-        key = _GROUP_KEYS.get(group_by)
-        if key is None:
-            raise ProxyError.invalid_value("group_by", f"group_by must be one of: {', '.join(_GROUP_KEYS)}.")
-        rows = await self._fetch(
-            f"""SELECT {key} AS k, count(*) AS requests, sum(prompt_tokens)::bigint AS prompt_tokens,
-                       sum(completion_tokens)::bigint AS completion_tokens, sum(charged)::bigint AS charged,
-                       sum(list_price)::bigint AS list_price
-                  FROM creditgate.usage_records {_TAG_JOIN if group_by == "tag" else ""}
-                 WHERE org_id = $1 AND ($2::text IS NULL OR user_id = $2)
-                   AND ($3::timestamptz IS NULL OR recorded_at >= $3) AND ($4::timestamptz IS NULL OR recorded_at < $4)
-                   AND ($5::text IS NULL OR end_user = $5) AND ($6::text IS NULL OR $6 = ANY(tags))
-                 GROUP BY 1 ORDER BY 1 LIMIT $7""",
-            org_id, user_id, start, end, end_user, tag, None if limit is None else limit + 1)
-        return [{group_by: r["k"], "requests": r["requests"], "prompt_tokens": r["prompt_tokens"],
-                 "completion_tokens": r["completion_tokens"], "charged_millicredits": r["charged"],
-                 "list_price_millicredits": r["list_price"]} for r in rows]
-
-    async def usage_records(self, org_id: str, *, user_id: str | None, start: datetime, end: datetime,
-                            end_user: str | None, tag: str | None, after: tuple[datetime, str] | None,
-                            limit: int) -> Sequence[Row]:
-        """One page (at most `limit`) of the usage records in [start, end), oldest first (recorded_at, then
-        request_id), after `after` (the previous page's last (recorded_at, request_id)), with the same
-        filters as `usage`: what the CSV download streams, one short query per page."""
-        since, after_id = (start, None) if after is None else after
-        rows = await self._fetch(_USAGE_RECORDS_SQL, org_id, user_id, since, end, end_user, tag, after_id, limit)
-        return [{"request_id": r["request_id"], "recorded_at": r["recorded_at"], "user_id": r["user_id"],
-                 "key_id": r["key_id"], "end_user": r["end_user"], "tags": list(r["tags"] or ()),
-                 "model": r["model"], "prompt_tokens": r["prompt_tokens"],
-                 "completion_tokens": r["completion_tokens"], "charged_millicredits": r["charged"],
-                 "list_price_millicredits": r["list_price"], "usage_source": r["usage_source"], "byok": r["byok"],
-                 "price_version": r["price_version"]} for r in rows]
-
     async def request(self, org_id: str, request_id: str) -> Row | None:
         """The GET /v1/requests/{id} body plus "user_id", or None. An expired hold with its automatic
         settlement shows as settled."""
@@ -275,19 +222,6 @@ class LedgerQueries:
                 "list_price_millicredits": r["list_price"] if settled else None,
                 "usage_source": r["usage_source"], "byok": r["byok"], "user_id": r["user_id"],
                 "price_version": r["price_version"]}
-
-    async def provider_usage(self, org_id: str, user_id: str | None, provider: str) -> Row:
-        """BYOK usage for one provider (user_id None = the whole org): requests, tokens, list price."""
-        rows = await self._fetch(
-            """SELECT count(*) AS requests, coalesce(sum(prompt_tokens), 0)::bigint AS prompt_tokens,
-                      coalesce(sum(completion_tokens), 0)::bigint AS completion_tokens,
-                      coalesce(sum(list_price), 0)::bigint AS list_price
-                 FROM creditgate.usage_records
-                WHERE org_id = $1 AND byok AND provider = $3 AND ($2::text IS NULL OR user_id = $2)""",
-            org_id, user_id, provider)
-        r = rows[0]
-        return {"requests": r["requests"], "prompt_tokens": r["prompt_tokens"],
-                "completion_tokens": r["completion_tokens"], "list_price_millicredits": r["list_price"]}
 
     async def hold_counts(self) -> tuple[int, int]:
         """(pending holds, pending holds past expiry plus the ledger's grace), over all orgs: the holds-open

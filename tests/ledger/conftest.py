@@ -97,3 +97,13 @@ async def org(db: asyncpg.Connection, ledger: PgLedger) -> PgLedger:
     await add_member(db, ORG, U2, limit=3000)
     await ledger.grant(ORG, 10_000, "seed", "g1", None, "operator")
     return ledger
+
+
+@pytest.fixture
+async def small_org(db: asyncpg.Connection, ledger: PgLedger) -> PgLedger:
+    """1,000 millicredits; the second member's allocation 500."""
+    await add_org(db, ORG)
+    await add_member(db, ORG, U1)
+    await add_member(db, ORG, U2, limit=500)
+    await ledger.grant(ORG, 1000, "seed", "g1", None, "operator")
+    return ledger
