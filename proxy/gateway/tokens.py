@@ -1,4 +1,6 @@
-"""Offline token counting (o200k_base from the bpe-openai wheel; tiktoken would download its files).
+"""Offline token counting: o200k_base, counted by tiktoken's Rust core from the ranks file the bpe-openai
+wheel bundles (tiktoken alone would download that file; bpe-openai's own encoder holds 133 MiB per worker,
+tiktoken's core about 45 MiB for the same counts).
 
 `TokenCounter.prompt_tokens(route, body)` counts what a request sends as prompt: chat messages
 (text and content parts), tool and function definitions, response formats, `prompt` and `input`
@@ -15,10 +17,13 @@ ledger records any excess over the hold as overage).
 from __future__ import annotations
 
 import asyncio
+import base64
+import gzip
+import importlib.util
 import math
-import warnings
 from collections.abc import Callable, Iterator
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -31,6 +36,17 @@ PIECE_CHARS = 40_000  # at most 4 tokens per character: under the encoder's 200,
 BOUND_FACTOR = Fraction(3, 2)
 BOUND_SLACK = 64
 _PROMPT_EXTRAS = ("tools", "functions", "tool_choice", "response_format", "prediction", "text")
+O200K_RANKS = 199_998
+# o200k_base's pre-tokenizer, as OpenAI publishes it (and bpe-openai 0.1.4 and tiktoken use it)
+O200K_PATTERN = "|".join([
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""\p{N}{1,3}""",
+    r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+    r"""\s*[\r\n]+""",
+    r"""\s+(?!\S)""",
+    r"""\s+""",
+])
 
 
 class TokenCounter:
@@ -48,7 +64,7 @@ class TokenCounter:
         if self._encode is None:
             self._encode = _load_o200k()
         encode = self._encode
-        # bpe-openai refuses texts of 1,000,000 characters or 200,000 tokens: count in pieces
+        # counted in pieces: a bounded cost per call, and a piece never splits a pre-tokenizer word
         return sum(len(encode(piece)) for piece in _pieces(text))
 
     def warm(self) -> None:
@@ -127,15 +143,38 @@ class TokenCounter:
 
 
 def _load_o200k() -> Callable[[str], list[int]]:
-    # bpe-openai 0.1.4 reads its bundled files (at import, too) through importlib.resources.open_binary,
-    # deprecated since Python 3.11: its warning is not ours to act on
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import bpe_openai
+    """tiktoken's CoreBPE over bpe-openai's bundled o200k_base ranks and the o200k pattern. The ranks dict
+    is dropped once the core is built (it keeps its own copy), and bpe-openai itself is never imported:
+    only its data file is read, so its encoder is never loaded."""
+    from tiktoken._tiktoken import CoreBPE  # the public Encoding would keep the 200,000-entry dict too
 
-        encoding = bpe_openai.get_encoding("o200k_base")
-    encode: Callable[[str], list[int]] = encoding.encode_ordinary
+    ranks: dict[bytes, int] = {}
+    with gzip.open(_o200k_file(), "rt", encoding="ascii") as lines:
+        for line in lines:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    if len(ranks) != O200K_RANKS:
+        raise RuntimeError(f"o200k_base ranks file has {len(ranks)} entries, expected {O200K_RANKS}")
+    core = CoreBPE(ranks, {}, O200K_PATTERN)
+    del ranks
+
+    def encode(text: str) -> list[int]:
+        try:
+            tokens: list[int] = core.encode_ordinary(text)
+        except UnicodeEncodeError:  # lone surrogates: counted as U+FFFD, as tiktoken's Encoding does
+            tokens = core.encode_ordinary(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"))
+        return tokens
+
     return encode
+
+
+def _o200k_file() -> Path:
+    """bpe-openai's bundled o200k_base.tiktoken.gz, found without importing the package (its import loads
+    its own 74 MB extension)."""
+    spec = importlib.util.find_spec("bpe_openai")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("bpe-openai (the o200k_base ranks file) is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "data" / "o200k_base.tiktoken.gz"
 
 
 def large_prompt(body: dict[str, Any]) -> bool:
