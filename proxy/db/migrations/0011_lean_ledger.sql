@@ -8,7 +8,7 @@
 --    0008's trigger read the hold again for every record. It still fills them for every other writer
 --    (the sweeper, a late settle), now only when the writer left the price version empty.
 -- 3. Only settled items join the balances for their `remaining`: reserves no longer pay for four joins
---    whose result was thrown away.
+--    whose result was thrown away, and a batch without settles neither joins nor locks settled holds.
 SET LOCAL search_path = creditgate;
 
 CREATE OR REPLACE FUNCTION usage_price_version() RETURNS trigger LANGUAGE plpgsql SET search_path = creditgate, pg_temp AS $$
@@ -54,8 +54,10 @@ DECLARE
   j_user text[] := '{}'; j_grant bigint[] := '{}'; j_reason text[] := '{}';
 BEGIN
   -- 1. the settled holds, by id
-  PERFORM 1 FROM holds hh JOIN unnest(s_org, s_rid) AS k(o, r) ON hh.org_id = k.o AND hh.request_id = k.r
-   ORDER BY hh.id FOR NO KEY UPDATE OF hh;
+  IF cardinality(s_rid) > 0 THEN
+    PERFORM 1 FROM holds hh JOIN unnest(s_org, s_rid) AS k(o, r) ON hh.org_id = k.o AND hh.request_id = k.r
+     ORDER BY hh.id FOR NO KEY UPDATE OF hh;
+  END IF;
   -- 2. allocation rows (the settled holds' periods, the reserving members' current periods), created
   --    if missing, locked sorted
   SELECT array_agg(x.org_id), array_agg(x.user_id), array_agg(x.ps) INTO k_orgs, k_users, k_periods FROM (
@@ -275,6 +277,11 @@ BEGIN
          AS j(jo, jv, jk, ja, jg, jp, jpe, jov, jr, ju, jgr, jre);
 
   -- reserves and unknown settles answer without `remaining`: only settled rows join the balances
+  IF cardinality(s_rid) = 0 THEN
+    RETURN QUERY SELECT x.op, x.idx, x.status, x.amount, x.charged, NULL::bigint
+      FROM unnest(o_op, o_idx, o_status, o_amount, o_charged) AS x(op, idx, status, amount, charged);
+    RETURN;
+  END IF;
   RETURN QUERY
   SELECT x.op, x.idx, x.status, x.amount, x.charged, NULL::bigint
     FROM unnest(o_op, o_idx, o_status, o_amount, o_charged) AS x(op, idx, status, amount, charged)
