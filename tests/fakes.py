@@ -97,9 +97,10 @@ class FakeLedger:
         self.settled.append((org_id, request_id, settlement))
         return SettleResult("posted", settlement.charge, self.remaining)
 
-    async def void(self, org_id: str, request_id: str) -> None:
+    async def void(self, org_id: str, request_id: str) -> str:
         self._maybe_fail()
         self.voided.append((org_id, request_id))
+        return "voided"
 
     async def checkpoint(self, org_id: str, request_id: str, completion_tokens: int) -> None:
         self.checkpoints.append((org_id, request_id, completion_tokens))

@@ -93,9 +93,10 @@ class PgLedger(LedgerQueries):
                              headers={"x-should-retry": "false"})
         raise ProxyError.not_found("request_not_found", f"No request '{request_id}' was admitted.")
 
-    async def void(self, org_id: str, request_id: str) -> None:
-        """Release a pending hold entirely (nothing was served). Idempotent; never voids a settled hold."""
-        await self._call("SELECT creditgate.void_hold($1, $2)", org_id, request_id, retries=1)
+    async def void(self, org_id: str, request_id: str) -> str:
+        """Release a pending hold entirely (nothing was served). Idempotent; never voids a settled hold.
+        Returns the hold's outcome (`Ledger.void`)."""
+        return str(await self._call("SELECT creditgate.void_hold($1, $2)", org_id, request_id, retries=1))
 
     async def checkpoint(self, org_id: str, request_id: str, completion_tokens: int) -> None:
         """Renew the hold (expires_at = now + TTL) and record the tokens streamed so far."""

@@ -10,7 +10,10 @@
 - a real settlement with another charge (`conflict`), no hold at all (`not_found`: a failover that lost
   the reserve) or an entry the ledger refuses (`invalid`): it can never apply; logged with the whole
   entry, counted, dropped;
-- a spooled void releases a pending hold; one the sweeper settled first keeps its estimate.
+- a spooled void releases a pending hold. A void is spooled only for a request the contract does not
+  charge (answered with an error, or never sent: its reserve's outcome was unknown), so a hold the
+  sweeper settled first (an outage longer than the hold's TTL) has its estimate corrected to nothing,
+  once, journaled as a `correction` (`late_posted`; the record keeps its model).
 
 **Losing the spool's disk** loses no request silently: its hold stays pending in PostgreSQL and the
 sweeper settles it at expiry (`hold_ttl_seconds` after its last checkpoint) from its last checkpoint or
@@ -37,6 +40,8 @@ from proxy.tasks import cancel, wait_event
 
 log = logging.getLogger("creditgate.spool")
 
+# what a request the gateway voided was charged: nothing (the correction keeps the swept record's model)
+UNSERVED = Settlement(0, 0, 0, 0, "estimate", "", None, None)
 OUTCOMES = frozenset({"posted", "late_posted", "already_settled", "voided", "conflict", "not_found", "invalid"})
 _DROPPED = {"request_id_in_use": "conflict", "request_not_found": "not_found"}
 
@@ -117,7 +122,8 @@ class Replayer:
         """The entry's outcome, or None while the ledger cannot answer."""
         try:
             if entry.settlement is None:
-                await self._ledger.void(entry.org_id, entry.request_id)
+                if await self._ledger.void(entry.org_id, entry.request_id) == "already_expired":
+                    return (await self._ledger.settle(entry.org_id, entry.request_id, UNSERVED)).status
                 return "voided"
             return (await self._ledger.settle(entry.org_id, entry.request_id, entry.settlement)).status
         except ProxyError as exc:

@@ -105,6 +105,48 @@ async def test_a_hold_swept_during_the_outage_is_corrected_once_by_the_real_usag
     assert await violations(db) == []
 
 
+async def test_a_void_the_sweeper_beat_corrects_its_estimate_to_nothing(
+    org: PgLedger, db: asyncpg.Connection, spool: Spool
+) -> None:
+    """A void is spooled only for a request the contract does not charge (here: its reserve's answer was lost,
+    so it was answered 503 and never sent). An outage longer than the hold's TTL lets the sweeper charge the
+    prompt first; the replayed void then corrects that estimate to nothing, once, keeping the record."""
+    await org.reserve(hold(ORG, U1, "r1", 300, prompt=10, in_rate="1", out_rate="2"))
+    await set_clock(db, 121)
+    assert await org.expire() == (1, 0)
+    swept = await org.request(ORG, "r1")
+    assert swept is not None and (swept["usage_source"], swept["charged_millicredits"]) == ("prompt_only", 10)
+    await spool.append(Entry.of(ORG, "r1", None, {"failure": "reserve_outcome_unknown"}))
+    outcomes: Outcomes = []
+    await replayer(spool, org, outcomes).replay_once()
+    assert outcomes == [("late_posted", None)]
+    row = await org.request(ORG, "r1")
+    assert row is not None and (row["status"], row["usage_source"], row["model"], row["prompt_tokens"],
+                                row["completion_tokens"], row["charged_millicredits"]) == (
+        "settled", "estimate", "fake-small", 0, 0, 0)
+    assert await journal(db, "r1") == [("hold", 300), ("expire", 10), ("correction", -10)]
+    assert await pool_state(db, ORG) == (10_000, 0, 0, 0)
+    await spool.append(Entry.of(ORG, "r1", None))  # replayed again: nothing changes
+    await replayer(spool, org, outcomes).replay_once()
+    assert outcomes[1:] == [("already_settled", None)]
+    assert await journal(db, "r1") == [("hold", 300), ("expire", 10), ("correction", -10)]
+    await set_clock(db, None)
+    assert await violations(db) == []
+
+
+async def test_a_void_replayed_after_a_real_settlement_changes_nothing(
+    org: PgLedger, db: asyncpg.Connection, spool: Spool
+) -> None:
+    await org.reserve(hold(ORG, U1, "r1", 300))
+    await org.settle(ORG, "r1", usage(120))
+    await spool.append(Entry.of(ORG, "r1", None))
+    outcomes: Outcomes = []
+    await replayer(spool, org, outcomes).replay_once()
+    assert outcomes == [("voided", None)]
+    assert await journal(db, "r1") == [("hold", 300), ("post", 120)]
+    assert await pool_state(db, ORG) == (10_000, 120, 0, 0)
+
+
 async def test_entries_that_can_never_apply_are_dropped_and_logged(
     org: PgLedger, db: asyncpg.Connection, spool: Spool, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -7,7 +7,9 @@
 -- 2. The settle writes its hold's price version, key period and attribution on the usage record itself;
 --    0008's trigger read the hold again for every record. It still fills them for every other writer
 --    (the sweeper, a late settle), now only when the writer left the price version empty.
--- 3. Only settled items join the balances for their `remaining`: reserves no longer pay for four joins
+-- 3. A correction that names no model, provider or deployment keeps the swept record's (the spool's replay of a
+--    void corrects the sweeper's estimate to nothing: proxy/ledger/replay.py).
+-- 4. Only settled items join the balances for their `remaining`: reserves no longer pay for four joins
 --    whose result was thrown away, and a batch without settles neither joins nor locks settled holds.
 SET LOCAL search_path = creditgate;
 
@@ -26,7 +28,8 @@ DROP TRIGGER usage_price_version ON usage_records;
 CREATE TRIGGER usage_price_version BEFORE INSERT ON usage_records
   FOR EACH ROW WHEN (NEW.price_version IS NULL) EXECUTE FUNCTION usage_price_version();
 
--- 0008's group commit, with the settle's usage record written whole and `remaining` joined for settles only.
+-- 0008's group commit, with the settle's usage record written whole, a correction keeping what it does not name,
+-- and `remaining` joined for settles only.
 CREATE OR REPLACE FUNCTION ledger_batch(
   p_ttl_seconds double precision,
   r_org text[], r_rid text[], r_user text[], r_key text[], r_model text[], r_byok boolean[], r_amount bigint[],
@@ -127,8 +130,9 @@ BEGIN
         g := g - fsum; p := p + cov; ov := ov + over; v := v + 1;
         UPDATE usage_records SET prompt_tokens = s_prompt[i], completion_tokens = s_completion[i], charged = c,
                covered = c - (u.overage - u_dov), overage = u.overage - u_dov, list_price = s_list[i],
-               usage_source = s_source[i], model = s_model[i], provider = s_provider[i],
-               deployment = s_deployment[i], estimated = false, corrected_at = t
+               usage_source = s_source[i], model = coalesce(nullif(s_model[i], ''), u.model),
+               provider = coalesce(nullif(s_provider[i], ''), u.provider),
+               deployment = coalesce(nullif(s_deployment[i], ''), u.deployment), estimated = false, corrected_at = t
          WHERE org_id = cur AND request_id = s_rid[i];
         UPDATE allocation_usage SET posted = posted + delta
          WHERE org_id = cur AND user_id = h.user_id AND period_start = h.period_start;
