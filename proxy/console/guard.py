@@ -2,11 +2,11 @@
 
 Signing in checks the pasted admin token (constant time) or API key exactly as the admin API checks a
 bearer credential; an API key must belong to an admin of at least one org. Every later request reads the
-session cookie (proxy/console/session.py) and looks the key up again through the same key lookup the
-admin API uses (the app's cache, which drops revoked keys within a second), so a revoked key's session
-ends with it. Org pages then ask `Authorizer.admin_of`: the operator sees every org, an org admin only
-the orgs they administer, and anything else is the admin API's 403. A scoped API key must also be allowed
-to read those orgs (`may_open`).
+session cookie (proxy/console/session.py), refuses a session that was signed out (proxy/console/signouts.py)
+and looks the key up again through the same key lookup the admin API uses (the app's cache, which drops
+revoked keys within a second), so a revoked key's session ends with it. Org pages then ask
+`Authorizer.admin_of`: the operator sees every org, an org admin only the orgs they administer, and anything
+else is the admin API's 403. A scoped API key must also be allowed to read those orgs (`may_open`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from starlette.requests import Request
 
@@ -28,8 +29,17 @@ from proxy.errors import ProxyError
 MAX_CREDENTIAL = 512
 
 
+class SignOuts(Protocol):
+    """proxy/console/signouts.py's store."""
+
+    async def sign_out(self, nonce: str, expires: int) -> None: ...
+
+    async def signed_out(self, nonce: str) -> bool: ...
+
+
 class NotSignedIn(Exception):
-    """No valid session (absent, forged, expired, or its key revoked): the visitor is sent to sign in."""
+    """No valid session (absent, forged, expired, signed out, or its key revoked): the visitor is sent to
+    sign in."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +55,9 @@ class Visitor:
 
 class Guard:
     def __init__(self, sessions: Sessions, admin_token: Secret, lookup_key: Callable[[str], Awaitable[ApiKey | None]],
-                 memberships: Callable[[str], Awaitable[Sequence[Membership]]]) -> None:
+                 memberships: Callable[[str], Awaitable[Sequence[Membership]]], signouts: SignOuts) -> None:
         self.sessions = sessions
+        self.signouts = signouts
         self._token = admin_token.reveal().encode()
         self._lookup_key = lookup_key
         self._memberships = memberships
@@ -75,7 +86,7 @@ class Guard:
 
     async def visitor(self, request: Request) -> Visitor:
         session = self.sessions.read(request.cookies.get(COOKIE))
-        if session is None:
+        if session is None or await self.signouts.signed_out(session.nonce):
             raise NotSignedIn
         if session.subject == OPERATOR:
             caller = Caller(OPERATOR, None)

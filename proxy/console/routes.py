@@ -38,6 +38,7 @@ from proxy.console.guard import Guard, NotSignedIn, Visitor
 from proxy.console.html import HEADERS, cell, error_page, esc, frame, link, page, redirect, table
 from proxy.console.reads import ConsoleReads
 from proxy.console.session import Sessions, clear_cookie_header, cookie_header
+from proxy.console.signouts import PgSignOuts
 from proxy.db.pool import Pool
 from proxy.directory.types import ApiKey
 from proxy.errors import ProxyError
@@ -171,6 +172,7 @@ class Console:
     async def logout(self, request: Request) -> Response:
         async def leave(visitor: Visitor) -> Response:
             self._csrf(visitor, await read_form(request))
+            await self.d.guard.signouts.sign_out(visitor.session.nonce, visitor.session.expires)
             return redirect("/console/login",
                             {"set-cookie": clear_cookie_header(secure=request.url.scheme == "https")})
 
@@ -236,7 +238,7 @@ def console_routes(directory: AdminDirectory, ledger: LedgerAdmin, pool: Pool, *
     """The /console routes over the admin API's stores. `lookup_key` is the admin API's (the app's cached
     key lookup by hash); `pool` is what the console's own reads (proxy/console/reads.py) query; `alerts` is
     the admin API's budget alerts store and `on_revoke` its key broadcast (both as given to admin_routes)."""
-    guard = Guard(Sessions(admin_token), admin_token, lookup_key, directory.memberships)
+    guard = Guard(Sessions(admin_token), admin_token, lookup_key, directory.memberships, PgSignOuts(pool))
     deps = ConsoleDeps(directory=directory, ledger=ledger, reads=ConsoleReads(pool), guard=guard,
                        bodies=BodyReader(tiers=tiers, power_levels=power_levels), tiers=tuple(tiers),
                        now=now or (lambda: datetime.now(UTC)), alerts=alerts, on_revoke=on_revoke)

@@ -4,10 +4,10 @@ The cookie value is `<payload>.<tag>`, both base64url: the payload is JSON `{"s"
 nonce}` and the tag HMAC-SHA256 over it. The subject is "operator" or "key:" and the SHA-256 of the API key
 (the handle the database stores, from which the key cannot be recovered). The signing key is derived from
 the admin token (HMAC of a fixed label), so every replica and worker accepts every other's cookies without
-shared state, and rotating the admin token signs everyone out. Nothing is remembered server-side: the key
-behind a session is looked up again on every request (proxy/console/guard.py), so a revoked key's session
-ends with the revocation; a cookie copied before its user signed out stays valid until its expiry
-(`SESSION_SECONDS`), like any stateless session.
+shared state, and rotating the admin token signs everyone out. The key behind a session is looked up again
+on every request (proxy/console/guard.py), so a revoked key's session ends with the revocation; signing out
+records the session's nonce until its expiry (proxy/console/signouts.py), so a copy of the cookie taken
+before is refused too.
 
 CSRF: every form carries `csrf`, an HMAC of the session's nonce under the same key (proxy/console/forms.py
 checks it with the Origin or Referer).

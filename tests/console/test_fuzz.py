@@ -59,16 +59,21 @@ GOOD = {"org_name": "Fuzz", "tier": "free", "grant_credits": "1.5", "grant_expir
 CALLERS = st.sampled_from(["operator", "operator", "admin_a", "admin_b", "nobody"])
 
 
+async def session_of(world: ConsoleWorld, caller: str) -> tuple[str, str]:
+    """A new session of `caller`: its cookie and CSRF token."""
+    async with world.signed_in(caller) as http:
+        page = (await http.get("/console")).text
+        token = re.search(r'name="csrf" value="([^"]+)"', page)
+        assert token is not None
+        return http.cookies["cg_console"], token.group(1)
+
+
 @pytest.fixture(scope="module")
 async def sessions(shared_console: ConsoleWorld) -> AsyncIterator[dict[str, tuple[str, str]]]:
     """Each caller's session cookie and CSRF token (nobody: none)."""
     out = {"nobody": ("", "")}
     for caller in ("operator", "admin_a", "admin_b"):
-        async with shared_console.signed_in(caller) as http:
-            page = (await http.get("/console")).text
-            token = re.search(r'name="csrf" value="([^"]+)"', page)
-            assert token is not None
-            out[caller] = (http.cookies["cg_console"], token.group(1))
+        out[caller] = await session_of(shared_console, caller)
     yield out
 
 
@@ -123,6 +128,8 @@ def forms(draw: st.DrawFn, fields: list[str], csrf: str) -> bytes | dict[str, st
 async def test_posts(shared_console: ConsoleWorld, sessions: dict[str, tuple[str, str]], path: str, caller: str,
                      data: st.DataObject, origin: dict[str, str]) -> None:
     cookie, csrf = sessions[caller]
+    if path == "/console/logout" and cookie:  # signing out ends a session: never the one the other examples share
+        cookie, csrf = await session_of(shared_console, caller)
     body = data.draw(forms(FIELDS[path], csrf))
     headers = {**origin, **({"cookie": f"cg_console={cookie}"} if cookie else {})}
     target = fill(path, lambda: data.draw(values))
@@ -133,8 +140,10 @@ async def test_posts(shared_console: ConsoleWorld, sessions: dict[str, tuple[str
         else:
             answer = await http.post(target, data=body, headers=headers)
     assert_page(answer)
-    if path == "/console/logout" and answer.status_code == 303:  # signed out: the session stays valid (stateless)
+    if path == "/console/logout" and answer.status_code == 303:  # signed out: the session is refused from now on
         assert answer.headers["location"] == "/console/login"
+        async with shared_console.client() as http:
+            assert (await http.get("/console", headers={"cookie": f"cg_console={cookie}"})).status_code == 303
 
 
 @FUZZ

@@ -47,6 +47,19 @@ class Directory:
         return MEMBERSHIPS.get(user_id, [])
 
 
+class SignOuts:
+    """In memory (the real store is tested in test_signouts.py)."""
+
+    def __init__(self) -> None:
+        self.nonces: dict[str, int] = {}
+
+    async def sign_out(self, nonce: str, expires: int) -> None:
+        self.nonces[nonce] = expires
+
+    async def signed_out(self, nonce: str) -> bool:
+        return nonce in self.nonces
+
+
 def cookie_request(value: str | None) -> Request:
     headers = [] if value is None else [(b"cookie", f"{COOKIE}={value}".encode())]
     return Request({"type": "http", "method": "GET", "path": "/console", "headers": headers, "query_string": b""})
@@ -55,7 +68,7 @@ def cookie_request(value: str | None) -> Request:
 @pytest.fixture
 def world() -> tuple[Guard, Directory]:
     directory = Directory()
-    return Guard(Sessions(TOKEN), TOKEN, directory.lookup, directory.memberships), directory
+    return Guard(Sessions(TOKEN), TOKEN, directory.lookup, directory.memberships, SignOuts()), directory
 
 
 async def test_sign_in(world: tuple[Guard, Directory]) -> None:
@@ -119,3 +132,16 @@ async def test_a_scoped_key_opens_only_what_its_routes_allow(world: tuple[Guard,
         await guard.org(scoped, "org_b")
     assert caught.value.code == "route_not_allowed"
     await guard.org(console, "org_b")
+
+
+async def test_a_signed_out_session_is_refused_and_no_other(world: tuple[Guard, Directory]) -> None:
+    guard, _ = world
+    _, admin = guard.sessions.issue(await guard.sign_in("sk-cg-admin"))
+    _, operator = guard.sessions.issue(await guard.sign_in(TOKEN.reveal()))
+    first = await guard.visitor(cookie_request(admin))
+    await guard.signouts.sign_out(first.session.nonce, first.session.expires)
+    with pytest.raises(NotSignedIn):
+        await guard.visitor(cookie_request(admin))
+    assert (await guard.visitor(cookie_request(operator))).caller.is_operator
+    _, again = guard.sessions.issue(await guard.sign_in("sk-cg-admin"))  # signing in again is a new session
+    assert (await guard.visitor(cookie_request(again))).caller.actor == "usr_admin"

@@ -83,6 +83,26 @@ async def test_without_a_session_pages_redirect_and_posts_are_401(shared_console
         assert login.status_code == 200 and 'type="password" name="credential"' in login.text
 
 
+async def test_signing_out_refuses_every_copy_of_the_cookie(console: ConsoleWorld) -> None:
+    """The cookie a browser held before signing out (copied, or left in another tab) is refused afterwards
+    by the server, on every page and form; another session of the same key is not."""
+    for caller in ("operator", "admin_a"):
+        async with console.signed_in(caller) as http, console.signed_in(caller) as other:
+            copy = http.cookies["cg_console"]
+            token = csrf((await http.get("/console")).text)
+            out = await http.post("/console/logout", data={"csrf": token}, headers=ORIGIN)
+            assert (out.status_code, out.headers["location"]) == (303, "/console/login")
+            async with console.client() as thief:
+                thief.cookies.set("cg_console", copy, domain="gw.test", path="/console")
+                answer = await thief.get("/console")
+                assert (answer.status_code, answer.headers["location"]) == (303, "/console/login"), caller
+                again = await thief.post("/console/logout", data={"csrf": token}, headers=ORIGIN)
+                assert again.status_code == 401 and 'data-code="not_signed_in"' in again.text
+            assert (await other.get("/console")).status_code == 200
+    async with console.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM creditgate.console_signouts") == 2
+
+
 async def test_posts_need_the_sessions_csrf_token_and_this_origin(shared_console: ConsoleWorld) -> None:
     async with shared_console.signed_in("operator") as http:
         token = csrf((await http.get("/console")).text)

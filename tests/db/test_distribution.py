@@ -41,6 +41,8 @@ REFERENCE = {
     "clock_skew": "a singleton (tests skew the database clock)",
     "ledger_settings": "a singleton (the hold grace the audit allows)",
     "export_settings": "a singleton (the usage export's switch)",
+    "console_signouts": "signed-out console sessions by nonce, checked before any org is known (the operator "
+                        "has none); small, written at sign-out speed",
 }
 
 # Gaps of the schema as migrated: none since 0010_distribution_keys.sql (a gap found later is listed here
