@@ -244,7 +244,8 @@ class DeadLetter(Answer):
 
     id: Annotated[str, Meta(description="The event's id (a decimal string); also the page cursor.")]
     org_id: str
-    code: Literal["llm_usage", "llm_usage_correction", "credit_grant", "credit_adjustment", "budget_alert"]
+    code: Literal["llm_usage", "llm_usage_correction", "credit_grant", "credit_adjustment", "credit_grant_expiry",
+                  "budget_alert"]
     transaction_id: str
     occurred_at: datetime
     properties: dict[str, Any]

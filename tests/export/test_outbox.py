@@ -6,6 +6,7 @@ retried; delivered rows are pruned after their retention."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
@@ -92,6 +93,31 @@ async def test_adjustments_are_exported_with_their_sign(outbox: PgOutbox, ledger
         "SELECT id AS grant_id FROM creditgate.grants WHERE kind = 'adjustment' ORDER BY id")]
     assert [(r["transaction_id"], r["p"]["amount_millicredits"], r["p"]["reason"]) for r in found] == [
         (f"adjustment#{ids[0]}", -2_500, "goodwill reversal"), (f"adjustment#{ids[1]}", 1_000, "refund")]
+
+
+async def test_an_expired_grants_forfeits_are_exported_as_they_happen(outbox: PgOutbox, ledger: PgLedger,
+                                                                      db: asyncpg.Connection) -> None:
+    """The grant forfeits what is unspent and not held at its expiry, then what a hold it covered releases:
+    one `credit_grant_expiry` event per journal entry, with the request that released it."""
+    await add_org(db, ORG)
+    await add_member(db, ORG, USER)
+    expires = datetime.now(UTC) + timedelta(seconds=60)  # the hold (TTL 120 s) outlives the grant
+    await ledger.grant(ORG, 5_000, "trial", "g-1", expires, "operator")
+    await ledger.reserve(hold(ORG, USER, "req-x", 900))
+    await set_clock(db, 61)
+    assert await ledger.expire() == (0, 1)
+    await ledger.settle(ORG, "req-x", usage(600))
+    await set_clock(db, None)
+    gid = await db.fetchval("SELECT id FROM creditgate.grants WHERE org_id = $1", ORG)
+    found = [(r["code"], r["transaction_id"], r["p"].get("amount_millicredits"), r["p"].get("request_id"))
+             for r in await rows(db) if str(r["code"]).startswith("credit_")]
+    versions = [v for (v,) in await db.fetch(
+        "SELECT version FROM creditgate.journal WHERE org_id = $1 AND kind = 'grant_expiry' ORDER BY version", ORG)]
+    assert found == [("credit_grant", f"grant#{gid}", 5_000, None),
+                     ("credit_grant_expiry", f"grant_expiry#{gid}#{versions[0]}", 4_100, None),
+                     ("credit_grant_expiry", f"grant_expiry#{gid}#{versions[1]}", 300, "req-x")]
+    forfeit = [r for r in await rows(db) if r["code"] == "credit_grant_expiry"][0]["p"]
+    assert forfeit["expires_at"] == expires.strftime("%Y-%m-%dT%H:%M:%SZ") and forfeit["actor"] == "sweeper"
 
 
 async def settled(ledger: PgLedger, db: asyncpg.Connection, count: int) -> None:
