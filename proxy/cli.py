@@ -1,8 +1,10 @@
-"""The `creditgate` command: serve, migrate, verify, healthcheck.
+"""The `creditgate` command: serve, migrate, verify, healthcheck, export-off.
 
-`serve` validates the whole configuration first and stops with one line per mistake; `migrate` and
-`verify` need only CREDITGATE_DATABASE_URL; `migrate --grant ROLE` then grants the runtime role what the
-gateway needs (proxy/db/grants.py). `healthcheck` is the container's probe: GET /healthz on this host's
+`serve` validates the whole configuration first and stops with one line per mistake; `migrate`, `verify`
+and `export-off` need only CREDITGATE_DATABASE_URL; `migrate --grant ROLE` then grants the runtime role what
+the gateway needs (proxy/db/grants.py). `export-off` stops writing usage events to the export outbox, which a
+replica started with CREDITGATE_EXPORT_URL switched on (remove that variable from every replica first: one
+started with it switches the outbox on again). `healthcheck` is the container's probe: GET /healthz on this host's
 CREDITGATE_PORT, exit 0 when it answers 200 within 2 s, else 1.
 """
 
@@ -112,6 +114,26 @@ def verify() -> int:
     return main_verify(_database_url())
 
 
+def export_off() -> int:
+    from proxy.export.outbox import PgOutbox
+
+    async def run(dsn: str) -> int:
+        from proxy.db.pool import UNAVAILABLE, create_pool, unreachable_line
+
+        try:
+            pool = await create_pool(dsn, max_size=1)
+            try:
+                return await PgOutbox(pool).disable()
+            finally:
+                await pool.close()
+        except UNAVAILABLE as exc:  # one line naming the variable, never the password
+            raise StartupError(unreachable_line(dsn, exc)) from None
+
+    waiting = asyncio.run(run(_database_url()))
+    print(f"export off: no new events are written; {waiting} event(s) still waiting for delivery")
+    return 0
+
+
 def healthcheck() -> int:
     """The image's HEALTHCHECK: stdlib only, so it starts fast; the host is CREDITGATE_HOST unless that is a
     wildcard (0.0.0.0, ::) or unset, then loopback."""
@@ -132,12 +154,12 @@ def healthcheck() -> int:
     return 0 if ok else 1
 
 
-COMMANDS = {"serve": serve, "migrate": migrate, "verify": verify, "healthcheck": healthcheck}
+COMMANDS = {"serve": serve, "migrate": migrate, "verify": verify, "healthcheck": healthcheck, "export-off": export_off}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="creditgate", description="LLM billing gateway in front of LiteLLM")
-    parser.add_argument("command", choices=sorted(COMMANDS), help="serve | migrate | verify | healthcheck")
+    parser.add_argument("command", choices=sorted(COMMANDS), help="serve | migrate | verify | healthcheck | export-off")
     parser.add_argument("--grant", metavar="ROLE", help="with migrate: then grant ROLE (the gateway's runtime "
                         "database role) exactly the privileges it needs, no DDL")
     args = parser.parse_args(argv)

@@ -53,7 +53,7 @@ def test_serve_refuses_bad_configuration_with_one_line_per_mistake() -> None:
 
 
 def test_commands_without_a_database_url_say_so() -> None:
-    for command in ("migrate", "verify"):
+    for command in ("migrate", "verify", "export-off"):
         answer = run(command, env={})
         assert (answer.returncode, answer.stderr.strip()) == (
             2, "creditgate: configuration error: CREDITGATE_DATABASE_URL is required but not set")
@@ -159,3 +159,29 @@ def test_serve_on_an_unmigrated_database_is_not_ready_says_what_to_run_and_answe
     assert all(m.startswith("schema at 000") and m.endswith("pending): run `creditgate migrate`") for m in schema[2:-2])
     sweeper = [line["msg"] for line in lines if line["logger"] == "creditgate.sweeper"]
     assert sweeper == ["sweeps skipped until the ledger answers: ledger_unavailable", "sweeps resumed"]
+
+
+def test_export_off_stops_new_events_and_says_how_many_still_wait(fresh_db: str) -> None:
+    env = {"CREDITGATE_DATABASE_URL": fresh_db}
+    assert run("migrate", env=env).returncode == 0
+    sql = [sys.executable, "-c", (
+        "import asyncio, asyncpg, sys\n"
+        "async def main():\n"
+        "    c = await asyncpg.connect(sys.argv[1])\n"
+        "    print(await c.fetchval(sys.argv[2]))\n"
+        "    await c.close()\n"
+        "asyncio.run(main())\n")]
+
+    def query(statement: str) -> str:
+        return subprocess.run([*sql, fresh_db, statement], capture_output=True, text=True, check=True).stdout.strip()
+
+    query("UPDATE creditgate.export_settings SET enabled = true")  # as a replica with an export URL does
+    query("SELECT creditgate.export_enqueue('org_x', 'credit_grant', 'grant#1', now(), '{}')")
+    off = run("export-off", env=env)
+    assert (off.returncode, off.stdout.strip()) == (
+        0, "export off: no new events are written; 1 event(s) still waiting for delivery")
+    assert query("SELECT enabled FROM creditgate.export_settings") == "False"
+    assert query("SELECT creditgate.export_on()") == "False"
+    unreachable = run("export-off", env={"CREDITGATE_DATABASE_URL": "postgresql://u:sekrit@127.0.0.1:9/db"})
+    assert unreachable.returncode == 1 and "sekrit" not in unreachable.stderr
+    assert unreachable.stderr.startswith("creditgate: cannot reach PostgreSQL at CREDITGATE_DATABASE_URL")

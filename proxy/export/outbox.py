@@ -25,6 +25,9 @@ CHANNEL = "creditgate_export"
 TIMEOUT_SECONDS = 5.0
 
 _ENABLE = "UPDATE creditgate.export_settings SET enabled = true WHERE NOT enabled"
+_DISABLE = """
+WITH off AS (UPDATE creditgate.export_settings SET enabled = false)
+SELECT count(*) AS waiting FROM creditgate.export_outbox WHERE delivered_at IS NULL AND dead_at IS NULL"""
 _CLAIM = """
 UPDATE creditgate.export_outbox o
    SET attempts = o.attempts + 1, next_attempt_at = pg_catalog.now() + make_interval(secs => $2)
@@ -109,6 +112,11 @@ class PgOutbox:
     async def enable(self) -> None:
         """From now on settlements are written to the outbox (a replica with an export URL started)."""
         await self._fetch(_ENABLE)
+
+    async def disable(self) -> int:
+        """From now on nothing is written to the outbox (`creditgate export-off`); returns the events still
+        waiting for delivery (they stay, and are delivered by any replica with an export URL)."""
+        return int((await self._fetch(_DISABLE))[0]["waiting"])
 
     async def claim(self, limit: int, lease_seconds: float) -> list[Event]:
         rows = await self._fetch(_CLAIM, limit, lease_seconds)
