@@ -25,7 +25,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -172,7 +171,8 @@ async def main_async(seconds: float, plug: list[str], skip_litellm: bool, log_le
     `key`) are the gateway processes measured between the bare passthrough and LiteLLM. `after` runs
     once the tables are printed, while every target is still up (bench.report's open streams)."""
     gateways = gateways if gateways is not None else [GatewaySpec("gateway", plug, key)]
-    logs = Path(tempfile.mkdtemp(prefix="creditgate-bench-"))
+    logs = services.logdir() / time.strftime("bench-%Y%m%d-%H%M%S")  # kept for reading, in the run folder, not /tmp
+    logs.mkdir(exist_ok=True)
     provider = services.start_fake_provider()
     procs: list[subprocess.Popen[bytes]] = []
     litellm: services.Service | None = None
