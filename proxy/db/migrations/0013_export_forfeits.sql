@@ -16,7 +16,8 @@ BEGIN
   IF NOT export_on() THEN RETURN NULL; END IF;
   SELECT expires_at INTO expires FROM grants WHERE org_id = NEW.org_id AND id = NEW.grant_id;
   IF NEW.kind = 'grant_expiry' THEN
-    PERFORM export_enqueue(NEW.org_id, 'credit_grant_expiry', 'grant_expiry#' || NEW.grant_id || '#' || NEW.version,
+    PERFORM export_enqueue(NEW.org_id, 'credit_grant_expiry',
+      'grant_expiry#' || coalesce(NEW.grant_id::text, '') || '#' || NEW.version,  -- never NULL: never fails the money
       NEW.created_at,
       jsonb_build_object('grant_id', NEW.grant_id, 'amount_millicredits', NEW.amount, 'reason', NEW.reason,
                          'actor', NEW.actor, 'request_id', NEW.request_id, 'expires_at', export_time(expires)));
