@@ -190,6 +190,12 @@ async def test_outside_uvicorn_the_signal_is_handed_back_once_drained() -> None:
 # ---------------------------------------------------------------- in a real uvicorn
 
 
+def say(line: str) -> None:
+    """One line in one write: the workers share the parent's output file, and print's two writes (the text,
+    then the newline) of two workers closing at once interleaved into one line."""
+    os.write(1, f"{line}\n".encode())
+
+
 def demo_app() -> Starlette:
     """A tiny app served by uvicorn in a subprocess (`uvicorn.run(..., factory=True)`), using the drain as the
     passthrough does; its lifespan's end prints how many requests were still in flight."""
@@ -216,10 +222,10 @@ def demo_app() -> Starlette:
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await drain.open()
-        print(f"lifespan open: {os.getpid()}", flush=True)
+        say(f"lifespan open: {os.getpid()}")
         yield
         await drain.close()
-        print(f"lifespan closed: {drain.in_flight} in flight, stats {drain.stats}", flush=True)
+        say(f"lifespan closed: {drain.in_flight} in flight, stats {drain.stats}")
 
     return Starlette(routes=[Route("/work", work, methods=["POST"]), Route("/ready", ready)], lifespan=lifespan)
 
