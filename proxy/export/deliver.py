@@ -166,7 +166,7 @@ class Exporter:
                     "event_id": event.id, "transaction_id": event.transaction_id, "code": event.code,
                     "attempts": event.attempts, "reason": reason})
         await self._outbox.delivered(delivered)
+        self._metrics.exported("delivered", len(delivered))  # counted once its write returned, not one more trip later
         await self._outbox.failed(failures)
-        self._metrics.exported("delivered", len(delivered))
         self._metrics.exported("dead_lettered", sum(f.dead for f in failures))
         self._metrics.exported("retried", sum(not f.dead for f in failures))

@@ -68,6 +68,12 @@ async def test_failures_timeouts_and_lost_acks_are_counted_once(outbox: PgOutbox
         await exporter.open()
         try:
             await until_settled(db)
+            # a cycle counts what it wrote once each write returns: wait for the last one's, never close mid-cycle
+            end = time.monotonic() + 5
+            while (sample(metrics, "creditgate_export_events_total", outcome="delivered"),
+                   sample(metrics, "creditgate_export_events_total", outcome="retried")) != (5, 4):
+                assert time.monotonic() < end, "the counters never reached what the outbox shows"
+                await asyncio.sleep(0.02)
         finally:
             await exporter.close()
     grant = await db.fetchval("SELECT 'grant#' || id FROM creditgate.grants")
