@@ -17,5 +17,4 @@ def gw(pg: services.Service, redis_server: services.Service, litellm: services.S
        fake_provider: services.Service) -> Iterator[Gateway]:
     gateway = start_gateway(pg, redis_server, litellm, fake_provider, name="clients")
     yield gateway
-    gateway.admin.close()
-    gateway.svc.stop()
+    gateway.stop()

@@ -127,8 +127,7 @@ def scraped(pg: services.Service, own_redis: services.Service, litellm: services
     finally:
         if prometheus is not None:
             prometheus.stop()
-        gateway.admin.close()
-        gateway.svc.stop()
+        gateway.stop()
 
 
 def serve_a_little_of_everything(gateway: Gateway, redis: services.Service) -> None:

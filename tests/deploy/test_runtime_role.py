@@ -137,5 +137,4 @@ def test_the_gateway_bills_administers_and_sweeps_as_a_role_without_ddl(
     finally:
         for replica in (doomed, survivor):
             if replica is not None:
-                replica.admin.close()
-                replica.svc.stop()
+                replica.stop()

@@ -35,6 +35,11 @@ class Gateway:
     def url(self) -> str:
         return self.svc.url
 
+    def stop(self) -> None:
+        """Close its admin client and stop the process."""
+        self.admin.close()
+        self.svc.stop()
+
 
 @dataclass
 class Member:
@@ -90,8 +95,7 @@ def gateway(pg: services.Service, redis_server: services.Service, litellm: servi
             fake_provider: services.Service) -> Iterator[Gateway]:
     gw = start_gateway(pg, redis_server, litellm, fake_provider, name="e2e")
     yield gw
-    gw.admin.close()
-    gw.svc.stop()
+    gw.stop()
 
 
 @pytest.fixture

@@ -79,8 +79,7 @@ def test_billed_requests_and_an_adjustment_reach_a_flaky_receiver_once_each(
                 dead = http.get("/admin/export/dead-letters",
                                 headers={"authorization": f"Bearer {env['CREDITGATE_ADMIN_TOKEN']}"})
         finally:
-            gateway.admin.close()
-            gateway.svc.stop()
+            gateway.stop()
     for rid in rids:
         event, record = receiver.kept[(member.org_id, rid)], records[rid]
         assert event["code"] == "llm_usage" and event["external_subscription_id"] == member.org_id

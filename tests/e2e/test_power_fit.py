@@ -45,8 +45,7 @@ def fit_gateway(pg: services.Service, redis_server: services.Service, litellm: s
     path.write_text(text)
     gw = start_gateway(pg, redis_server, litellm, fake_provider, name="powerfit", policy=path)
     yield gw
-    gw.admin.close()
-    gw.svc.stop()
+    gw.stop()
 
 
 def post(member: Member, body: dict[str, Any], **headers: str) -> httpx.Response:

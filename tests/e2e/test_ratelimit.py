@@ -55,8 +55,7 @@ def replicas(pg: services.Service, redis_server: services.Service, litellm: serv
         raise
     yield first, second
     for gw in (first, second):
-        gw.admin.close()
-        gw.svc.stop()
+        gw.stop()
 
 
 def body(**extra: Any) -> dict[str, Any]:
@@ -218,6 +217,5 @@ def test_with_redis_gone_limits_are_not_enforced_and_money_is_exact(
         warnings = [line for line in gw.svc.log.read_text().splitlines() if "rate limits not enforced" in line]
         assert len(warnings) == 1  # one warning, not one per request
     finally:
-        gw.admin.close()
-        gw.svc.stop()
+        gw.stop()
         redis.stop()

@@ -56,8 +56,7 @@ def gw(pg: services.Service, redis_server: services.Service, bridged_litellm: se
        fake_provider: services.Service) -> Iterator[Gateway]:
     gateway = start_gateway(pg, redis_server, bridged_litellm, fake_provider, name="e2e_responses")
     yield gateway
-    gateway.admin.close()
-    gateway.svc.stop()
+    gateway.stop()
 
 
 def provider_saw(fake_provider: services.Service, marker: str) -> dict[str, Any]:

@@ -55,8 +55,7 @@ def cluster(pg: services.Service, redis_server: services.Service, litellm: servi
     replica_b = start_gateway(pg, redis_server, litellm, fake_provider, name="e2e_sigterm", database_url=database,
                               env=env)
     yield replica_b
-    replica_b.admin.close()
-    replica_b.svc.stop()
+    replica_b.stop()
 
 
 async def ledger_of(dsn: str, org_id: str) -> tuple[dict[str, str], dict[str, list[dict[str, Any]]]]:
@@ -241,5 +240,4 @@ async def test_sigterm_drains_settles_everything_and_exits_0_while_a_second_repl
               f"{max(line['seconds'] for line in lines):.2f} s; {totals}; replica B answered "
               f"{len(traffic.statuses)} requests, all 200")
     finally:
-        replica_a.admin.close()
-        replica_a.svc.stop()
+        replica_a.stop()

@@ -58,8 +58,7 @@ def faulty(pg: services.Service, redis_server: services.Service, litellm: servic
     gateway = start_gateway(pg, redis_server, litellm, fake_provider, name="e2e_faults", database_url=database,
                             env=_env(database, redis_server, litellm, fake_provider, tmp_path_factory.mktemp("f")))
     yield gateway
-    gateway.admin.close()
-    gateway.svc.stop()
+    gateway.stop()
 
 
 def _env(database: str, redis_server: services.Service, litellm: services.Service,
@@ -239,6 +238,5 @@ async def test_litellm_sigkilled_mid_stream(
         await assert_settled_once(database, member.org_id, {
             call.rid("cut"): estimate(text, chunks), call.rid("waiting"): None, call.rid("after"): None})
     finally:
-        gateway.admin.close()
-        gateway.svc.stop()
+        gateway.stop()
         doomed.stop()

@@ -1,5 +1,5 @@
-"""Export fixtures: a migrated fresh database with the outbox turned on, the real `PgLedger` on it, the
-outbox and alert stores, and a connection for setting up orgs and reading rows."""
+"""Export fixtures: the ledger's (tests/ledger/conftest.py: a migrated fresh database, the real `PgLedger` on it,
+a connection for setting up orgs and reading rows), and the outbox, turned on, and the alert stores on a pool."""
 
 from __future__ import annotations
 
@@ -8,21 +8,14 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from proxy.db.migrate import migrate
 from proxy.export.alerts import PgAlerts
 from proxy.export.outbox import PgOutbox
-from proxy.ledger.pg import PgLedger
+from tests.ledger.conftest import db, ledger, ledger_db  # noqa: F401 - fixtures
 
 
 @pytest.fixture
-async def export_db(fresh_db: str) -> str:
-    await migrate(fresh_db)
-    return fresh_db
-
-
-@pytest.fixture
-async def pool(export_db: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(export_db, min_size=1, max_size=6)
+async def pool(ledger_db: str) -> AsyncIterator[asyncpg.Pool]:  # noqa: F811 - the fixture imported above
+    pool = await asyncpg.create_pool(ledger_db, min_size=1, max_size=6)
     assert pool is not None
     yield pool
     await pool.close()
@@ -38,20 +31,6 @@ async def outbox(pool: asyncpg.Pool) -> PgOutbox:
 @pytest.fixture
 def alerts(pool: asyncpg.Pool) -> PgAlerts:
     return PgAlerts(pool)
-
-
-@pytest.fixture
-async def ledger(export_db: str) -> AsyncIterator[PgLedger]:
-    lg = await PgLedger.connect(export_db, hold_ttl_seconds=120)
-    yield lg
-    await lg.close()
-
-
-@pytest.fixture
-async def db(export_db: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(export_db)
-    yield conn
-    await conn.close()
 
 
 async def rows(conn: asyncpg.Connection) -> list[dict[str, object]]:

@@ -12,7 +12,7 @@ import asyncpg
 from proxy.export.alerts import PgAlerts
 from proxy.export.outbox import PgOutbox
 from proxy.ledger.pg import PgLedger
-from tests.ledger.conftest import add_member, add_org, hold, set_clock, usage
+from tests.ledger.conftest import add_member, add_org, funded_member, hold, set_clock, usage
 
 from .conftest import rows
 
@@ -32,9 +32,7 @@ async def fired(alerts: PgAlerts) -> list[tuple[str, str | None, int, int, int]]
 
 async def test_the_pool_crossing_50_80_100_fires_each_once(outbox: PgOutbox, alerts: PgAlerts, ledger: PgLedger,
                                                           db: asyncpg.Connection) -> None:
-    await add_org(db, ORG)
-    await add_member(db, ORG, USER)
-    await ledger.grant(ORG, 10_000, "seed", "g1", None, "operator")
+    await funded_member(db, ledger, ORG, USER, 10_000)
     await spend(ledger, "r1", 4_000)
     assert await fired(alerts) == []
     await spend(ledger, "r2", 1_000)
@@ -58,9 +56,7 @@ async def test_the_pool_crossing_50_80_100_fires_each_once(outbox: PgOutbox, ale
 
 async def test_a_top_up_starts_a_new_pool_period(outbox: PgOutbox, alerts: PgAlerts, ledger: PgLedger,
                                                  db: asyncpg.Connection) -> None:
-    await add_org(db, ORG)
-    await add_member(db, ORG, USER)
-    await ledger.grant(ORG, 1_000, "seed", "g1", None, "operator")
+    await funded_member(db, ledger, ORG, USER, 1_000)
     await spend(ledger, "r1", 600)
     await ledger.grant(ORG, 1_000, "top-up", "g2", None, "operator")  # 600 of 2_000: 30 %
     await spend(ledger, "r2", 500)  # 1_100 of 2_000: 55 % in the new period
@@ -72,9 +68,7 @@ async def test_a_top_up_starts_a_new_pool_period(outbox: PgOutbox, alerts: PgAle
 
 async def test_an_allocation_fires_per_period_and_again_in_the_next(outbox: PgOutbox, alerts: PgAlerts,
                                                                     ledger: PgLedger, db: asyncpg.Connection) -> None:
-    await add_org(db, ORG)
-    await add_member(db, ORG, USER, limit=1_000, period="day")
-    await ledger.grant(ORG, 1_000_000, "seed", "g1", None, "operator")
+    await funded_member(db, ledger, ORG, USER, 1_000_000, limit=1_000, period="day")
     await spend(ledger, "d1-a", 500)
     await spend(ledger, "d1-b", 300)
     assert [(a[0], a[1], a[2]) for a in await fired(alerts)] == [("allocation", USER, 50), ("allocation", USER, 80)]
@@ -87,12 +81,12 @@ async def test_an_allocation_fires_per_period_and_again_in_the_next(outbox: PgOu
     assert found[0]["period_start"] != found[1]["period_start"]
 
 
-async def test_two_replicas_settling_at_once_fire_each_threshold_once(export_db: str, outbox: PgOutbox,
+async def test_two_replicas_settling_at_once_fire_each_threshold_once(ledger_db: str, outbox: PgOutbox,
                                                                      alerts: PgAlerts,
                                                                      db: asyncpg.Connection) -> None:
     await add_org(db, ORG)
     await add_member(db, ORG, USER, limit=10_000)
-    replicas = [await PgLedger.connect(export_db, hold_ttl_seconds=120) for _ in range(2)]
+    replicas = [await PgLedger.connect(ledger_db, hold_ttl_seconds=120) for _ in range(2)]
     try:
         await replicas[0].grant(ORG, 10_000, "seed", "g1", None, "operator")
         await asyncio.gather(*(spend(replicas[i % 2], f"r{i}", 500) for i in range(20)))
@@ -110,9 +104,7 @@ async def test_two_replicas_settling_at_once_fire_each_threshold_once(export_db:
 
 async def test_an_orgs_own_thresholds(outbox: PgOutbox, alerts: PgAlerts, ledger: PgLedger,
                                       db: asyncpg.Connection) -> None:
-    await add_org(db, ORG)
-    await add_member(db, ORG, USER, limit=1_000)
-    await ledger.grant(ORG, 100_000, "seed", "g1", None, "operator")
+    await funded_member(db, ledger, ORG, USER, 100_000, limit=1_000)
     assert await alerts.thresholds(ORG) == {"pool": [50, 80, 100], "allocation": [50, 80, 100]}
     assert await alerts.set_thresholds(ORG, None, [90, 25, 25]) == {"pool": [50, 80, 100], "allocation": [25, 90]}
     assert await alerts.set_thresholds(ORG, [], None) == {"pool": [], "allocation": [25, 90]}
@@ -122,9 +114,7 @@ async def test_an_orgs_own_thresholds(outbox: PgOutbox, alerts: PgAlerts, ledger
 
 async def test_alerts_page_newest_first(outbox: PgOutbox, alerts: PgAlerts, ledger: PgLedger,
                                         db: asyncpg.Connection) -> None:
-    await add_org(db, ORG)
-    await add_member(db, ORG, USER, limit=1_000)
-    await ledger.grant(ORG, 1_000, "seed", "g1", None, "operator")
+    await funded_member(db, ledger, ORG, USER, 1_000, limit=1_000)
     await spend(ledger, "r1", 1_000)
     page1, more1 = await alerts.alerts(ORG, 4, None)
     page2, more2 = await alerts.alerts(ORG, 4, page1[-1]["id"])

@@ -17,7 +17,7 @@ from proxy.export.deliver import ExportConfig, Exporter
 from proxy.export.outbox import PgOutbox
 from proxy.ledger.pg import PgLedger
 from proxy.ops.metrics import Metrics
-from tests.ledger.conftest import add_member, add_org, hold, set_clock, usage
+from tests.ledger.conftest import funded_member, hold, set_clock, usage
 
 from .receiver import Receiver, serving
 
@@ -37,9 +37,7 @@ def config(url: str | None, **changes: float) -> ExportConfig:
 
 
 async def setup(db: asyncpg.Connection, ledger: PgLedger, requests: int) -> None:
-    await add_org(db, ORG)
-    await add_member(db, ORG, USER)
-    await ledger.grant(ORG, 1_000_000, "seed", "seed-1", None, "operator")
+    await funded_member(db, ledger, ORG, USER, 1_000_000, key="seed-1")
     for i in range(requests):
         await ledger.reserve(hold(ORG, USER, f"req-{i}", 900))
         await ledger.settle(ORG, f"req-{i}", usage(100 + i))
@@ -223,9 +221,7 @@ async def test_a_lost_listening_connection_is_replaced_at_once(outbox: PgOutbox,
 
 async def test_without_an_export_url_only_alerts_are_counted(pool: asyncpg.Pool, ledger: PgLedger,
                                                              db: asyncpg.Connection) -> None:
-    await add_org(db, ORG)
-    await add_member(db, ORG, USER, limit=1_000)
-    await ledger.grant(ORG, 1_000_000, "seed", "seed-1", None, "operator")
+    await funded_member(db, ledger, ORG, USER, 1_000_000, limit=1_000, key="seed-1")
     metrics = Metrics()
     exporter = Exporter(PgOutbox(pool), metrics, config(None))
     await exporter.open()

@@ -12,7 +12,7 @@ import asyncpg
 
 from proxy.export.outbox import Failure, PgOutbox
 from proxy.ledger.pg import PgLedger
-from tests.ledger.conftest import add_member, add_org, hold, set_clock, usage
+from tests.ledger.conftest import add_member, add_org, funded_member, hold, set_clock, usage
 
 from .conftest import rows
 
@@ -21,9 +21,7 @@ ORG, USER = "org_exp", "usr_exp"
 
 async def funded(db: asyncpg.Connection, ledger: PgLedger, *, credit: int = 1_000_000,
                  limit: int | None = None) -> None:
-    await add_org(db, ORG)
-    await add_member(db, ORG, USER, limit=limit)
-    await ledger.grant(ORG, credit, "seed", "seed-1", None, "operator")
+    await funded_member(db, ledger, ORG, USER, credit, limit=limit, key="seed-1")
 
 
 def usage_properties(rid: str, charged: int, **changes: object) -> dict[str, object]:

@@ -46,6 +46,14 @@ async def add_member(conn: asyncpg.Connection, org: str, user: str, *, limit: in
            VALUES ($1, $2, $3, $4)""", org, user, limit, period)
 
 
+async def funded_member(conn: asyncpg.Connection, ledger: PgLedger, org: str, user: str, credit: int, *,
+                        limit: int | None = None, period: str = "none", key: str = "g1") -> None:
+    """A new org with one member (`limit`, `period`: their allocation) and `credit` millicredits granted."""
+    await add_org(conn, org)
+    await add_member(conn, org, user, limit=limit, period=period)
+    await ledger.grant(org, credit, "seed", key, None, "operator")
+
+
 async def set_clock(conn: asyncpg.Connection, skew_seconds: float | None) -> None:
     """Skew the database clock (`creditgate.now()`); None removes the skew."""
     await conn.execute("DELETE FROM creditgate.clock_skew")
@@ -89,21 +97,22 @@ async def set_clock_to(conn: asyncpg.Connection, target: object) -> None:
 ORG, U1, U2 = "org_l", "usr_l1", "usr_l2"
 
 
+async def seeded(db: asyncpg.Connection, ledger: PgLedger, credit: int, allocation: int) -> PgLedger:
+    """ORG with `credit` millicredits and two members, U2 with an allocation of `allocation`."""
+    await add_org(db, ORG)
+    await add_member(db, ORG, U1)
+    await add_member(db, ORG, U2, limit=allocation)
+    await ledger.grant(ORG, credit, "seed", "g1", None, "operator")
+    return ledger
+
+
 @pytest.fixture
 async def org(db: asyncpg.Connection, ledger: PgLedger) -> PgLedger:
     """An org with 10,000 millicredits and two members, the second with an allocation of 3,000."""
-    await add_org(db, ORG)
-    await add_member(db, ORG, U1)
-    await add_member(db, ORG, U2, limit=3000)
-    await ledger.grant(ORG, 10_000, "seed", "g1", None, "operator")
-    return ledger
+    return await seeded(db, ledger, 10_000, 3000)
 
 
 @pytest.fixture
 async def small_org(db: asyncpg.Connection, ledger: PgLedger) -> PgLedger:
     """1,000 millicredits; the second member's allocation 500."""
-    await add_org(db, ORG)
-    await add_member(db, ORG, U1)
-    await add_member(db, ORG, U2, limit=500)
-    await ledger.grant(ORG, 1000, "seed", "g1", None, "operator")
-    return ledger
+    return await seeded(db, ledger, 1000, 500)
