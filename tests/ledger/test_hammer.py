@@ -6,14 +6,15 @@ Phase 1b: the same race on a second such pool while backends are killed every fe
 calm top-up race, exactly 150 holds are pending: all the admitted ones clients saw, plus only reserves
 whose outcome was unknown to their client (503) and whose owner-nonce void could not get through.
 Phase 2 (chaos, `LEDGER_HAMMER_SECONDS`, default 8 s): the processes settle those holds, then run
-reserve/settle/void cycles with duplicate and racing calls, settles cancelled mid-flight and
-re-driven, abandoned holds left to the sweepers (TTL 1 s), late settles after expiry, spread over
-four orgs so batches mix pools, with promotional grants expiring halfway while holds cover part of
-them (always at least one hold per org taken before the chaos and settled after it, so the expiry never
-depends on the machine's pace), while this process terminates random ledger backends with pg_terminate_backend. At the end: no
-invariant is violated (each hold forfeited exactly the expired credit its final charge left unspent),
-verify reports exactly the overruns as overage, no hold is pending, PostgreSQL saw no deadlock, and
-every settle a client saw is in the database with the charge it saw (no lost, no phantom usage).
+reserve/settle/void cycles with duplicate and racing calls, settles cancelled mid-flight and re-driven,
+abandoned holds left to the sweepers (TTL 1 s), late settles after expiry, spread over four orgs so
+batches mix pools, with promotional grants expiring halfway while holds cover part of them (always at
+least one hold per org taken before the chaos and settled after it, so the expiry never depends on the
+machine's pace), while this process terminates random ledger backends with pg_terminate_backend. At the
+end: no invariant is violated (each hold forfeited exactly the expired credit its final charge left
+unspent), verify reports exactly the overruns as overage, no hold is pending, PostgreSQL saw no
+deadlock, and every settle a client saw is in the database with the charge it saw (no lost, no phantom
+usage).
 A longer run: LEDGER_HAMMER_SECONDS=120 LEDGER_HAMMER_SEED=7 pytest tests/ledger/test_hammer.py
 """
 
