@@ -71,10 +71,35 @@ def serve() -> int:
     return 0
 
 
+class HangupRelay:
+    """Which workers are still owed a SIGHUP. A worker gets it once it serves: before that its app has not
+    taken the signal over (its default would end the process), yet it may have read the files before they
+    changed. A worker replaced in the meantime read them afresh and is owed nothing."""
+
+    def __init__(self, kill: Any = os.kill) -> None:
+        self._kill = kill
+        self._owed: list[Any] = []
+
+    def owe(self, workers: Sequence[Any]) -> None:
+        self._owed = list(workers)
+        self.pay(workers)
+
+    def pay(self, workers: Sequence[Any]) -> None:
+        waiting = []
+        for worker in self._owed:
+            if worker not in workers or worker.pid is None:
+                continue
+            if worker.is_ready(timeout=1):
+                self._kill(worker.pid, signal.SIGHUP)
+            else:
+                waiting.append(worker)
+        self._owed = waiting
+
+
 def _serve_uvicorn(app: str, **options: Any) -> None:
-    """`uvicorn.run`, except that with several workers SIGHUP reaches every worker that is serving (each
-    reloads its configuration: proxy/config/reload.py) instead of making uvicorn's supervisor restart
-    them all; a worker still starting reads the files as they are now anyway."""
+    """`uvicorn.run`, except that with several workers SIGHUP reaches every worker (each reloads its
+    configuration: proxy/config/reload.py) instead of making uvicorn's supervisor restart them all; a worker
+    still starting gets it as soon as it serves (`HangupRelay`)."""
     import uvicorn
     from uvicorn.supervisors.multiprocess import Multiprocess
 
@@ -84,11 +109,15 @@ def _serve_uvicorn(app: str, **options: Any) -> None:
         uvicorn.run(app, **options)
         return
 
+    relay = HangupRelay()
+
     class Workers(Multiprocess):
         def handle_hup(self) -> None:
-            for process in self.processes:
-                if process.pid is not None and process.is_ready(timeout=1):
-                    os.kill(process.pid, signal.SIGHUP)
+            relay.owe(self.processes)
+
+        def keep_subprocess_alive(self) -> None:  # every 0.5 s
+            super().keep_subprocess_alive()
+            relay.pay(self.processes)
 
     config = uvicorn.Config(app, **options)
     Workers(config, sockets=[config.bind_socket()]).run()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -16,6 +17,7 @@ import orjson
 
 from devstack import services
 from devstack.stack import gateway_env
+from proxy.cli import HangupRelay
 from proxy.db.migrate import discover
 
 CLI = [sys.executable, "-m", "proxy.cli"]
@@ -185,3 +187,32 @@ def test_export_off_stops_new_events_and_says_how_many_still_wait(fresh_db: str)
     unreachable = run("export-off", env={"CREDITGATE_DATABASE_URL": "postgresql://u:sekrit@127.0.0.1:9/db"})
     assert unreachable.returncode == 1 and "sekrit" not in unreachable.stderr
     assert unreachable.stderr.startswith("creditgate: cannot reach PostgreSQL at CREDITGATE_DATABASE_URL")
+
+
+class FakeWorker:
+    def __init__(self, pid: int | None, ready: bool) -> None:
+        self.pid, self.ready = pid, ready
+
+    def is_ready(self, timeout: float) -> bool:
+        return self.ready
+
+
+def test_a_worker_still_starting_gets_the_sighup_once_it_serves() -> None:
+    """It may have read the files before they changed: the supervisor's next round (every 0.5 s) sends it
+    the signal once it serves, once; a worker replaced meanwhile read the files afresh and gets nothing."""
+    sent: list[tuple[int, int]] = []
+    relay = HangupRelay(kill=lambda pid, sig: sent.append((pid, sig)))
+    serving, starting, replaced, unstarted = FakeWorker(11, True), FakeWorker(12, False), FakeWorker(13, False), \
+        FakeWorker(None, False)
+    workers = [serving, starting, replaced, unstarted]
+    relay.owe(workers)
+    assert sent == [(11, signal.SIGHUP)]
+    relay.pay(workers)  # still starting
+    assert sent == [(11, signal.SIGHUP)]
+    starting.ready, replaced.ready = True, True
+    workers[2] = FakeWorker(14, True)  # the supervisor replaced a worker that died
+    relay.pay(workers)
+    relay.pay(workers)
+    assert sent == [(11, signal.SIGHUP), (12, signal.SIGHUP)]
+    relay.owe(workers)  # the next SIGHUP reaches every worker serving
+    assert sent[2:] == [(11, signal.SIGHUP), (12, signal.SIGHUP), (14, signal.SIGHUP)]
