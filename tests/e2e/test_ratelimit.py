@@ -23,6 +23,7 @@ import pytest
 from devstack import services
 from devstack.stack import gateway_env, migrate
 from tests.e2e.conftest import Gateway, Member, make_member, start_gateway
+from tests.e2e.test_billing import settled
 
 RPM, ORG_RPM, TPM = 20, 30, 10_000
 SHIPPED = "rpm: 60, tpm: 100000, org_rpm: 600, org_tpm: 1000000,"
@@ -173,6 +174,11 @@ async def test_tokens_are_reserved_from_the_bound_while_requests_run_and_given_b
                                 r"prompt and output cap\)", reason), reason
             assert 10.0 < wait_of(r) < 20.0
             assert int(r.headers["x-ratelimit-remaining-tokens"]) < 3000
+    # a stream settles after its last byte, then gives its unused tokens back: wait for the three settlements
+    for r in answers:
+        if r.status_code == 200:
+            assert settled(dan, r.headers["x-request-id"])["status"] == "settled"
+    await asyncio.sleep(0.2)  # the give-back follows the settlement in the same cleanup, within a millisecond
     fresh = chat(dan, "tok-after", second.url)  # the three used about 20 tokens each: the rest came back
     assert fresh.status_code == 200
     assert int(fresh.headers["x-ratelimit-remaining-tokens"]) > 10_000 - 3 * 100 - 200

@@ -66,10 +66,13 @@ def test_a_keys_own_limit_is_the_third_bound_of_the_same_reserve(gateway: Gatewa
         "period": "month", "resets_at": credits["key"]["resets_at"]}
 
 
+SLOW = {"fake_chunks": 20, "fake_delay_ms": 100}  # still streaming (2 s) while the test reads the key's hold
+
+
 def test_a_stream_is_held_against_the_key_and_settled_into_it(gateway: Gateway) -> None:
     member = make_member(gateway)
     key_id, key = gateway.admin.key(member.user_id, member.org_id, limit_millicredits=10**6)
-    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", json={**CHAT, "stream": True},
+    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", json={**CHAT, "stream": True, **SLOW},
                       headers={"authorization": f"Bearer {key}"}, timeout=60) as response:
         assert response.status_code == 200
         request_id = response.headers["x-request-id"]

@@ -112,6 +112,9 @@ async def assert_settled_once(dsn: str, org_id: str, expected: dict[str, tuple[s
     """Each request id: None = voided, no usage record; else exactly one usage record (source, prompt,
     completion) charged by the contract's formula. Every hold was resolved before its expiry; nothing is
     pending anywhere; `creditgate verify` is clean."""
+    deadline = time.monotonic() + 10  # a stream settles after its last byte, an error after its answer
+    while "pending" in (holds := (await ledger_of(dsn, org_id))[0]).values() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
     holds, usage = await ledger_of(dsn, org_id)
     assert holds == {rid: "voided" if want is None else "posted" for rid, want in expected.items()}
     assert sorted(usage) == sorted(rid for rid, want in expected.items() if want is not None)

@@ -56,6 +56,17 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float:
     return metrics.registry.get_sample_value(name, labels) or 0.0
 
 
+async def until_sampled(metrics: list[Metrics], name: str, expected: float, deadline: float = 5.0,
+                        **labels: str) -> None:
+    """Until the replicas' samples sum to `expected`: a cycle counts its writes once each returns and the
+    housekeeping sets its gauges on its own beat, so the metrics can show a moment later what the outbox
+    already shows. Never close an exporter before its counters caught up."""
+    end = time.monotonic() + deadline
+    while sum(sample(m, name, **labels) for m in metrics) != expected:
+        assert time.monotonic() < end, f"{name}{labels} never reached {expected}"
+        await asyncio.sleep(0.02)
+
+
 async def test_failures_timeouts_and_lost_acks_are_counted_once(outbox: PgOutbox, ledger: PgLedger,
                                                                db: asyncpg.Connection) -> None:
     await setup(db, ledger, 4)
@@ -66,12 +77,8 @@ async def test_failures_timeouts_and_lost_acks_are_counted_once(outbox: PgOutbox
         await exporter.open()
         try:
             await until_settled(db)
-            # a cycle counts what it wrote once each write returns: wait for the last one's, never close mid-cycle
-            end = time.monotonic() + 5
-            while (sample(metrics, "creditgate_export_events_total", outcome="delivered"),
-                   sample(metrics, "creditgate_export_events_total", outcome="retried")) != (5, 4):
-                assert time.monotonic() < end, "the counters never reached what the outbox shows"
-                await asyncio.sleep(0.02)
+            await until_sampled([metrics], "creditgate_export_events_total", 5, outcome="delivered")
+            await until_sampled([metrics], "creditgate_export_events_total", 4, outcome="retried")
         finally:
             await exporter.close()
     grant = await db.fetchval("SELECT 'grant#' || id FROM creditgate.grants")
@@ -105,6 +112,7 @@ async def test_two_replicas_deliver_each_event_once_in_the_normal_case(pool: asy
             await replica.open()
         try:
             await until_settled(db)
+            await until_sampled(metrics, "creditgate_export_events_total", 121, outcome="delivered")
         finally:
             for replica in replicas:
                 await replica.close()
@@ -126,8 +134,7 @@ async def test_a_4xx_and_too_many_attempts_dead_letter_and_a_retry_delivers(
             dead, _ = await outbox.dead_letters(10, None)
             assert sorted((d["transaction_id"], d["attempts"], d["last_status"], d["last_error"]) for d in dead) == [
                 ("req-0", 1, 400, "HTTP 400"), ("req-1", 3, 500, "HTTP 500")]
-            await asyncio.sleep(0.3)  # housekeeping has run since
-            assert sample(metrics, "creditgate_export_dead_letters") == 2
+            await until_sampled([metrics], "creditgate_export_dead_letters", 2)  # housekeeping's gauge
             assert sample(metrics, "creditgate_export_events_total", outcome="dead_lettered") == 2
             for d in dead:
                 assert await outbox.retry(int(d["id"])) is not None
