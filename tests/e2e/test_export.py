@@ -32,7 +32,8 @@ def settled(member: Any, request_id: str) -> dict[str, Any]:
 def test_billed_requests_and_an_adjustment_reach_a_flaky_receiver_once_each(
         pg: services.Service, redis_server: services.Service, litellm: services.Service,
         fake_provider: services.Service) -> None:
-    receiver = Receiver(Secret(SECRET), {"e2e-fail": ["fail"], "e2e-stall": ["stall"]})
+    # a stall outlasts the timeout by far; a delivery that is merely slow on a busy machine stays within it
+    receiver = Receiver(Secret(SECRET), {"e2e-fail": ["fail"], "e2e-stall": ["stall"]}, stall_seconds=5.0)
     with serving_in_thread(receiver):
         database = services.create_database(pg.url, "e2e_export")
         migrate(database)
@@ -41,7 +42,7 @@ def test_billed_requests_and_an_adjustment_reach_a_flaky_receiver_once_each(
         env = gateway_env(database, redis_server.url, litellm.url, litellm_config=config, extra={
             "CREDITGATE_SPOOL_DIR": str(tmp / "spool"), "CREDITGATE_UNREADY_GRACE_SECONDS": "0",
             "CREDITGATE_EXPORT_URL": receiver.url, "CREDITGATE_EXPORT_SECRET": SECRET,
-            "CREDITGATE_EXPORT_TIMEOUT_SECONDS": "0.5", "CREDITGATE_EXPORT_BACKOFF_SECONDS": "0.05",
+            "CREDITGATE_EXPORT_TIMEOUT_SECONDS": "2", "CREDITGATE_EXPORT_BACKOFF_SECONDS": "0.05",
             "CREDITGATE_EXPORT_BACKOFF_MAX_SECONDS": "0.2"})
         gateway = start_gateway(pg, redis_server, litellm, fake_provider, name="e2e_export", env=env,
                                 database_url=database)

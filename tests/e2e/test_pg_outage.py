@@ -328,6 +328,19 @@ def test_a_frozen_postgresql_is_refused_within_the_timeouts_never_a_hang(own_pg:
     print(f"\nPostgreSQL frozen: {len(probes)} routes refused with 503, slowest {route} after {slowest:.2f} s")
 
 
+async def held(dsn: str, rids: list[str], timeout: float = 10.0) -> None:
+    """Until every one of `rids` holds credit (admitted, not yet settled)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        deadline = time.monotonic() + timeout
+        while await conn.fetchval("SELECT count(*) FROM creditgate.holds WHERE request_id = ANY($1) "
+                                  "AND state = 'pending'", rids) < len(rids):
+            assert time.monotonic() < deadline, "not every request was admitted"
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
+
+
 def test_a_killed_gateway_spool_is_replayed_by_the_next_process(
     own_pg: Postgres, redis_server: services.Service, litellm: services.Service, fake_provider: services.Service,
 ) -> None:
@@ -343,7 +356,7 @@ def test_a_killed_gateway_spool_is_replayed_by_the_next_process(
                 await call(client, member, "warm", False, 1, 0)  # the key and the membership are cached now
                 started = [asyncio.create_task(call(client, member, f"kill-{i}", i % 2 == 0, 10, 200))
                            for i in range(6)]
-                await asyncio.sleep(0.8)  # all six admitted, none answered yet
+                await held(gw.env["CREDITGATE_DATABASE_URL"], [f"kill-{i}" for i in range(6)])  # none answered yet
                 await asyncio.to_thread(own_pg.stop)
                 calls.extend(await asyncio.gather(*started))
 
@@ -365,7 +378,9 @@ def test_a_killed_gateway_spool_is_replayed_by_the_next_process(
                  "the dead process's spool replayed")
         print(f"\nkilled with 6 settlements spooled: the next process replayed them "
               f"{time.monotonic() - started:.2f} s after it was started")
-        assert not left.exists() and metric(successor, "creditgate_spool_depth") == 0
+        # the replay is counted as each posts; the spool file goes, and the depth with it, once all are
+        wait_for(lambda: not left.exists() and metric(successor, "creditgate_spool_depth") == 0, 10,
+                 "the replayed spool removed")
         assert_settled_once_with_real_usage(gw.env["CREDITGATE_DATABASE_URL"], calls)
         report = asyncio.run(audit(gw.env["CREDITGATE_DATABASE_URL"]))
         assert (report.violations, report.overage) == ([], [])

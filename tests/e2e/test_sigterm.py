@@ -33,7 +33,7 @@ from proxy.gateway.tokens import TokenCounter
 from tests.e2e.conftest import Gateway, make_member, start_gateway
 from tests.e2e.test_billing import expected_charge
 
-GRACE, DEADLINE = 1.0, 8.0
+GRACE, DEADLINE = 2.0, 8.0
 MESSAGES = [{"role": "user", "content": "tell me a story about a gateway that restarts"}]
 FINISHES = {"fake_chunks": 40, "fake_delay_ms": 100}  # 4 s: open when the signal lands, done by the deadline
 OUTLIVES = {"fake_chunks": 400, "fake_delay_ms": 100}  # 40 s: cut at the deadline
@@ -182,8 +182,10 @@ async def test_sigterm_drains_settles_everything_and_exits_0_while_a_second_repl
 
             signalled = time.monotonic()
             os.kill(replica_a.svc.proc.pid, signal.SIGTERM)  # the main process only, as Kubernetes does
-            await asyncio.sleep(0.6)  # uvicorn's parent (two workers) forwards signals every 0.5 s
-            unready = await client.get("/readyz")
+            # uvicorn's parent (two workers) forwards signals every 0.5 s: unready within a second, in grace still
+            while (unready := await client.get("/readyz")).status_code == 200:
+                assert time.monotonic() - signalled < GRACE - 0.5, "still ready after SIGTERM"
+                await asyncio.sleep(0.05)
             assert unready.status_code == 503
             assert (unready.json()["status"], unready.json()["checks"]["draining"]) == ("unavailable", "failed")
             in_grace = await answer(client, f"{run}-grace", {"fake_chunks": 2})
@@ -201,7 +203,7 @@ async def test_sigterm_drains_settles_everything_and_exits_0_while_a_second_repl
         await elsewhere
         assert replica_a.svc.proc.returncode == 0, replica_a.svc.tail()
         assert DEADLINE <= exited < DEADLINE + 8
-        assert len(traffic.statuses) >= 20 and set(traffic.statuses) == {200}  # replica B served throughout
+        assert len(traffic.statuses) >= 10 and set(traffic.statuses) == {200}  # replica B served throughout
 
         finished, cut = streams[:10], streams[10:]
         assert all(status == 200 and events(raw)[-1] == b"[DONE]" for status, raw in finished)

@@ -28,7 +28,7 @@ async def test_chunks_reach_the_client_as_the_provider_sends_them(gateway: Gatew
     async with warm, warm_resp:
         await warm_resp.read()  # LiteLLM's first stream after start-up can be slow
     rid = new_request_id()
-    session, resp = await _post(gateway, chat(stream=True, fake_chunks=10, fake_delay_ms=50), rid)
+    session, resp = await _post(gateway, chat(stream=True, fake_chunks=10, fake_delay_ms=100), rid)
     arrivals: list[float] = []
     body = b""
     async with session, resp:
@@ -39,9 +39,9 @@ async def test_chunks_reach_the_client_as_the_provider_sends_them(gateway: Gatew
             body += chunk
             if b'"content"' in chunk:
                 arrivals.append(time.monotonic())
-    # ten content events 50 ms apart (0.45 s): they arrive spread over time, not in one burst at the end
+    # ten content events 100 ms apart (0.9 s): they arrive spread over time, not in one burst at the end
     assert len(arrivals) >= 5
-    assert arrivals[-1] - arrivals[0] >= 0.25
+    assert arrivals[-1] - arrivals[0] >= 0.45
     assert body.endswith(b"data: [DONE]\n\n")
     ctx = gateway.probe.context(rid)
     assert ctx.meter.chunks == 10 and ctx.failure is None
@@ -126,10 +126,10 @@ async def test_nonstream_is_settled_before_headers_leave(gateway: Gateway) -> No
 async def test_broken_or_stalled_upstream_connection_mid_stream(start_gateway: GatewayFactory,
                                                                fake_provider: services.Service) -> None:
     # the gateway straight in front of the provider: the TCP connection itself breaks or stalls mid-stream
-    direct = start_gateway(fake_provider.url, upstream_timeout_seconds=0.5)
+    direct = start_gateway(fake_provider.url, upstream_timeout_seconds=1.0)
     cases: list[tuple[dict[str, Any], str]] = [
         ({"fake_chunks": 6, "fake_delay_ms": 50, "fake_fail_after": 2}, "upstream_failed"),
-        ({"fake_chunks": 3, "fake_delay_ms": 1500}, "upstream_timeout"),
+        ({"fake_chunks": 3, "fake_delay_ms": 3000}, "upstream_timeout"),
     ]
     for extra, code in cases:
         rid = new_request_id()

@@ -265,7 +265,7 @@ async def test_a_bound_larger_than_the_limit_runs_on_a_full_bucket_and_borrows(c
     assert refused is not None and refused.message.startswith(
         "Rate limit reached: 100 tokens per minute per member. This request may use 150 tokens (its prompt and "
         "output cap), more than the whole limit: it runs when none are in use. Try again in 0.")
-    assert 0.5 < retry_ms(refused) / 1000 <= 0.6  # one token drains in 0.6 s
+    assert 0.1 < retry_ms(refused) / 1000 <= 0.6  # one token drains in 0.6 s (less what the steps took)
 
 
 async def test_openai_rate_limit_headers(client: Redis) -> None:
