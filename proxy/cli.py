@@ -17,7 +17,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from proxy.config.settings import ConfigError, Settings, StartupError
@@ -76,7 +76,7 @@ class HangupRelay:
     taken the signal over (its default would end the process), yet it may have read the files before they
     changed. A worker replaced in the meantime read them afresh and is owed nothing."""
 
-    def __init__(self, kill: Any = os.kill) -> None:
+    def __init__(self, kill: Callable[[int, int], None] = os.kill) -> None:
         self._kill = kill
         self._owed: list[Any] = []
 
