@@ -19,6 +19,7 @@ from proxy.config.live import LiveConfig, Snapshot
 from proxy.config.modelinfo import InfoRow
 from proxy.config.policy import load_policy
 from proxy.config.reload import Reloader
+from tests.waiting import until
 
 MODELS = """
 model_list:
@@ -82,13 +83,6 @@ def logged() -> Iterator[list[logging.LogRecord]]:
 class Outcomes(list[tuple[str, str | None]]):
     def __call__(self, outcome: str, snapshot: Snapshot | None) -> None:
         self.append((outcome, snapshot.version if snapshot else None))
-
-
-async def until(check: Callable[[], bool], seconds: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "not within the deadline"
-        await asyncio.sleep(0.01)
 
 
 def price(live: LiveConfig) -> object:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -16,19 +16,10 @@ from proxy.directory.keycache import BroadcastFailed, KeyCache
 from proxy.directory.types import ApiKey
 from proxy.errors import ProxyError
 from tests.policies.policy_support import FakeDirectory
+from tests.waiting import until
 
 HASH = "a" * 64
 KEY = ApiKey("key_1", "usr_1", None, False)
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> float:
-    """Seconds until `condition()` holds; fails the test after `timeout`."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            pytest.fail(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.01)
-    return time.monotonic() - started
 
 
 @pytest.fixture
@@ -96,7 +87,7 @@ async def test_redis_down_means_every_lookup_reads_postgres(caplog: pytest.LogCa
             await cache.revoke(HASH)
 
         redis = services.start_redis(port=redis.port)
-        await until(lambda: cache.healthy, timeout=10)
+        await until(lambda: cache.healthy, 10)
         await cache.get(HASH)
         await cache.get(HASH)
         assert directory.key_lookups == 5  # trusted again once resubscribed

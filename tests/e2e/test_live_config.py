@@ -31,6 +31,7 @@ from devstack import services
 from devstack.admin_client import AdminClient
 from devstack.stack import gateway_env, migrate
 from tests.e2e.conftest import Gateway, Member, make_member
+from tests.waiting import until_sync
 
 COST_MAP: dict[str, Any] = json.loads(
     next(services.LITELLM_VENV.glob("lib/python3*/site-packages/litellm/model_prices_and_context_window_backup.json"))
@@ -135,15 +136,8 @@ def serving_version(gw: Gateway) -> str:
     return str(re.findall(r'^creditgate_price_version\{version="(pv_[0-9a-f]{16})"\} 1\.0$', text, re.M)[0])
 
 
-def until(check: Any, seconds: float = 60.0, what: str = "") -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
-        time.sleep(0.05)
-
-
 def ready(stack: Stack) -> None:
-    until(lambda: httpx.get(f"{stack.gateway.url}/readyz").status_code == 200, what="/readyz")
+    until_sync(lambda: httpx.get(f"{stack.gateway.url}/readyz").status_code == 200, 60, "/readyz")
 
 
 def reload(stack: Stack, gw: Gateway | None = None, outcome: str = "ok") -> None:
@@ -152,7 +146,7 @@ def reload(stack: Stack, gw: Gateway | None = None, outcome: str = "ok") -> None
     label = f'{{outcome="{outcome}"}}'
     before = metric(gw, "creditgate_config_reloads_total", label)
     os.kill(gw.svc.proc.pid, signal.SIGHUP)
-    until(lambda: metric(gw, "creditgate_config_reloads_total", label) > before, 20, f"a reload {outcome}")
+    until_sync(lambda: metric(gw, "creditgate_config_reloads_total", label) > before, 20, f"a reload {outcome}")
 
 
 def configure(stack: Stack, flat: tuple[str, str] = OLD, markup: str = "0.4") -> str:
@@ -175,7 +169,7 @@ def record(member: Member, request_id: str) -> dict[str, Any]:
         found.update(member.get(f"/v1/requests/{request_id}").json())
         return found.get("status") == "settled"
 
-    until(settled, 5, f"request {request_id} settled")
+    until_sync(settled, 5, f"request {request_id} settled")
     return found
 
 
@@ -311,14 +305,14 @@ def test_every_worker_reloads(stack: Stack) -> None:
     svc = services.start_gateway(stack.gateway.env, workers=2)
     two = Gateway(svc, stack.gateway.env, stack.gateway.admin)
     try:
-        until(lambda: httpx.get(f"{svc.url}/readyz").status_code == 200, what="two workers ready")
+        until_sync(lambda: httpx.get(f"{svc.url}/readyz").status_code == 200, 60, "two workers ready")
         assert serving_version(two) == old_version
         stack.write(NEW)
         os.kill(svc.proc.pid, signal.SIGHUP)  # the CLI's process: uvicorn's supervisor
 
         def everywhere() -> bool:  # livemax over the workers: the old version is 0 only once none serves it
             return metric(two, "creditgate_price_version", f'{{version="{old_version}"}}') == 0.0
-        until(everywhere, 20, "every worker reloaded")
+        until_sync(everywhere, 20, "every worker reloaded")
         new_version = serving_version(two)
         member = Member(stack.member.org_id, stack.member.user_id, stack.member.key_id, stack.member.key, two)
         answers = [chat(member, "flat", fake_chunks=20) for _ in range(6)]

@@ -37,6 +37,7 @@ from proxy.app import BILLED_ROUTES
 from proxy.ledger.spool_entry import parse_lines
 from proxy.ledger.verify import audit
 from tests.e2e.conftest import Gateway, Member, make_member, start_gateway
+from tests.waiting import until, until_sync
 
 OUTAGE_SECONDS = 10.0
 REFUSAL_DEADLINE = 5.0  # a refusal must come back this fast: a bounded connect, never a hang
@@ -203,14 +204,6 @@ def metric(gw: Gateway, name: str, labels: str = "") -> float:
     return float(found.group(1)) if found else 0.0
 
 
-def wait_for(check: Any, timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < timeout, f"{what} not within {timeout} s"
-        time.sleep(0.1)
-    return time.monotonic() - started
-
-
 async def ledger_rows(dsn: str, rids: list[str]) -> tuple[dict[str, Any], dict[str, list[str]], dict[str, str]]:
     """(usage record by request id, journal kinds by request id, hold state by request id)."""
     conn = await asyncpg.connect(dsn)
@@ -328,15 +321,15 @@ def test_a_frozen_postgresql_is_refused_within_the_timeouts_never_a_hang(own_pg:
     print(f"\nPostgreSQL frozen: {len(probes)} routes refused with 503, slowest {route} after {slowest:.2f} s")
 
 
-async def held(dsn: str, rids: list[str], timeout: float = 10.0) -> None:
+async def held(dsn: str, rids: list[str]) -> None:
     """Until every one of `rids` holds credit (admitted, not yet settled)."""
     conn = await asyncpg.connect(dsn)
+
+    async def all_pending() -> bool:
+        return bool(await conn.fetchval("SELECT count(*) FROM creditgate.holds WHERE request_id = ANY($1) "
+                                        "AND state = 'pending'", rids) == len(rids))
     try:
-        deadline = time.monotonic() + timeout
-        while await conn.fetchval("SELECT count(*) FROM creditgate.holds WHERE request_id = ANY($1) "
-                                  "AND state = 'pending'", rids) < len(rids):
-            assert time.monotonic() < deadline, "not every request was admitted"
-            await asyncio.sleep(0.05)
+        await until(all_pending, 10, "every request admitted", every=0.05)
     finally:
         await conn.close()
 
@@ -363,7 +356,7 @@ def test_a_killed_gateway_spool_is_replayed_by_the_next_process(
         asyncio.run(answered_while_down())
         assert [(c.status, c.usage) for c in calls] == [(200, (PROMPT_TOKENS, 10))] * 6
         assert all("x-credits-remaining" not in c.headers for c in calls if not c.stream)
-        wait_for(lambda: metric(gw, "creditgate_spool_depth") == 6, 10, "six settlements spooled")
+        until_sync(lambda: metric(gw, "creditgate_spool_depth") == 6, 10, "six settlements spooled")
         os.killpg(gw.svc.proc.pid, signal.SIGKILL)
         gw.svc.proc.wait(10)
         (left,) = spool_dir.glob("spool-*.jsonl")
@@ -374,12 +367,12 @@ def test_a_killed_gateway_spool_is_replayed_by_the_next_process(
         started = time.monotonic()
         successor = start_gateway(own_pg.svc, redis_server, litellm, fake_provider, name="outage_kill",
                                   database_url=gw.env["CREDITGATE_DATABASE_URL"], env=gw.env)
-        wait_for(lambda: metric(successor, "creditgate_spool_replayed_total", '{outcome="posted"}') == 6, 15,
+        until_sync(lambda: metric(successor, "creditgate_spool_replayed_total", '{outcome="posted"}') == 6, 15,
                  "the dead process's spool replayed")
         print(f"\nkilled with 6 settlements spooled: the next process replayed them "
               f"{time.monotonic() - started:.2f} s after it was started")
         # the replay is counted as each posts; the spool file goes, and the depth with it, once all are
-        wait_for(lambda: not left.exists() and metric(successor, "creditgate_spool_depth") == 0, 10,
+        until_sync(lambda: not left.exists() and metric(successor, "creditgate_spool_depth") == 0, 10,
                  "the replayed spool removed")
         assert_settled_once_with_real_usage(gw.env["CREDITGATE_DATABASE_URL"], calls)
         report = asyncio.run(audit(gw.env["CREDITGATE_DATABASE_URL"]))

@@ -32,6 +32,7 @@ from devstack.stack import gateway_env, migrate
 from proxy.gateway.tokens import TokenCounter
 from tests.e2e.conftest import Gateway, make_member, start_gateway
 from tests.e2e.test_billing import expected_charge
+from tests.waiting import until
 
 GRACE, DEADLINE = 2.0, 8.0
 MESSAGES = [{"role": "user", "content": "tell me a story about a gateway that restarts"}]
@@ -182,10 +183,12 @@ async def test_sigterm_drains_settles_everything_and_exits_0_while_a_second_repl
 
             signalled = time.monotonic()
             os.kill(replica_a.svc.proc.pid, signal.SIGTERM)  # the main process only, as Kubernetes does
+            async def unready_now() -> bool:
+                return (await client.get("/readyz")).status_code == 503
+
             # uvicorn's parent (two workers) forwards signals every 0.5 s: unready within a second, in grace still
-            while (unready := await client.get("/readyz")).status_code == 200:
-                assert time.monotonic() - signalled < GRACE - 0.5, "still ready after SIGTERM"
-                await asyncio.sleep(0.05)
+            await until(unready_now, GRACE - 0.5, "unready after SIGTERM", every=0.05)
+            unready = await client.get("/readyz")
             assert unready.status_code == 503
             assert (unready.json()["status"], unready.json()["checks"]["draining"]) == ("unavailable", "failed")
             in_grace = await answer(client, f"{run}-grace", {"fake_chunks": 2})

@@ -18,6 +18,7 @@ from proxy.export.outbox import PgOutbox
 from proxy.ledger.pg import PgLedger
 from proxy.ops.metrics import Metrics
 from tests.ledger.conftest import funded_member, hold, set_clock, usage
+from tests.waiting import until
 
 from .receiver import Receiver, serving
 
@@ -45,26 +46,21 @@ async def setup(db: asyncpg.Connection, ledger: PgLedger, requests: int) -> None
 
 async def until_settled(db: asyncpg.Connection, deadline: float = 20.0) -> None:
     """Until no event is waiting (every one delivered or dead-lettered)."""
-    end = time.monotonic() + deadline
-    while await db.fetchval("SELECT count(*) FROM creditgate.export_outbox "
-                            "WHERE delivered_at IS NULL AND dead_at IS NULL"):
-        assert time.monotonic() < end, "the outbox did not drain"
-        await asyncio.sleep(0.05)
+    async def drained() -> bool:
+        return not await db.fetchval("SELECT count(*) FROM creditgate.export_outbox "
+                                     "WHERE delivered_at IS NULL AND dead_at IS NULL")
+    await until(drained, deadline, "the outbox drained", every=0.05)
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
     return metrics.registry.get_sample_value(name, labels) or 0.0
 
 
-async def until_sampled(metrics: list[Metrics], name: str, expected: float, deadline: float = 5.0,
-                        **labels: str) -> None:
+async def until_sampled(metrics: list[Metrics], name: str, expected: float, **labels: str) -> None:
     """Until the replicas' samples sum to `expected`: a cycle counts its writes once each returns and the
     housekeeping sets its gauges on its own beat, so the metrics can show a moment later what the outbox
     already shows. Never close an exporter before its counters caught up."""
-    end = time.monotonic() + deadline
-    while sum(sample(m, name, **labels) for m in metrics) != expected:
-        assert time.monotonic() < end, f"{name}{labels} never reached {expected}"
-        await asyncio.sleep(0.02)
+    await until(lambda: sum(sample(m, name, **labels) for m in metrics) == expected, 5, f"{name}{labels} {expected}")
 
 
 async def test_failures_timeouts_and_lost_acks_are_counted_once(outbox: PgOutbox, ledger: PgLedger,

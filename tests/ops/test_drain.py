@@ -28,6 +28,7 @@ from devstack import services
 from proxy.errors import ProxyError
 from proxy.ops.drain import Drain, shutting_down
 from proxy.ops.health import NotReady
+from tests.waiting import until
 
 ROOT = Path(__file__).resolve().parents[2]
 GRACE, DEADLINE = 2.0, 4.5  # a real uvicorn's: the work of 1.5 s finishes in time, the work of 60 s is cut
@@ -56,13 +57,6 @@ async def served(drain: Drain, seconds: float) -> str:
         except ProxyError as err:
             return err.code or ""
         return "ok"
-
-
-async def until(check: object, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not callable(check) or not check():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 def test_the_refusal_is_the_contracts_503() -> None:
@@ -143,13 +137,13 @@ async def test_sigint_skips_the_grace_and_a_second_one_cuts_now() -> None:
     long_one = asyncio.ensure_future(served(drain, 30))
     await until(lambda: drain.in_flight == 1)
     drain.begin(signal.SIGINT)
-    await until(lambda: drain.refusing, timeout=1.0)  # no grace for a terminal
+    await until(lambda: drain.refusing, 1.0)  # no grace for a terminal
     drain.begin(signal.SIGTERM)  # a repeated signal (the process group, then uvicorn's parent) changes nothing
     await asyncio.sleep(0.1)
     assert not long_one.done()
     drain.begin(signal.SIGINT)
     assert await asyncio.wait_for(long_one, 1.0) == "shutting_down"
-    await until(lambda: stopped.at, timeout=1.0)
+    await until(lambda: stopped.at, 1.0)
     assert len(stopped.at) == 1
 
 
@@ -254,10 +248,11 @@ async def test_sigterm_in_a_real_uvicorn_drains_and_exits_0(workers: int, tmp_pa
             await asyncio.sleep(0.3)
             began = time.monotonic()
             proc.send_signal(signal.SIGTERM)  # the parent only, as Kubernetes does; uvicorn's parent forwards it
+            async def unready() -> bool:
+                return [(await client.get("/ready")).status_code for _ in range(4)] == [503] * 4
+
             # uvicorn's parent looks at its signals every 0.5 s: every worker unready within a second or so
-            while [(await client.get("/ready")).status_code for _ in range(4)] != [503] * 4:
-                assert time.monotonic() - began < GRACE - 0.5, "still ready after SIGTERM"
-                await asyncio.sleep(0.05)
+            await until(unready, GRACE - 0.5, "every worker unready after SIGTERM", every=0.05)
             assert (await client.post("/work?seconds=0")).status_code == 200  # within the grace: still served
             # past the grace of every worker (each began it within 0.5 s of the signal), well before the deadline
             await asyncio.sleep(began + GRACE + 1.0 - time.monotonic())

@@ -27,6 +27,7 @@ from proxy.ops.tracing import (
 )
 from tests.e2e.conftest import make_member
 from tests.ops.conftest import Product
+from tests.waiting import until
 
 TRACE, PARENT = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
 VALID = f"00-{TRACE}-{PARENT}-01"
@@ -156,13 +157,6 @@ def finished(tracer: Tracer, n: int = 1) -> None:
         tracer.finish(trace, "POST /v1/chat/completions", False, {"http.response.status_code": 200})
 
 
-async def wait_for(check: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
 async def test_spans_go_out_in_batches_from_the_background() -> None:
     collector = await Collector().start()
     drops: list[tuple[str, int]] = []
@@ -171,7 +165,7 @@ async def test_spans_go_out_in_batches_from_the_background() -> None:
     await exporter.open()
     try:
         finished(tracer, 3)
-        await wait_for(lambda: len(collector.spans()) == 6)
+        await until(lambda: len(collector.spans()) == 6, 10)
     finally:
         await exporter.close()
         await collector.stop()
@@ -202,17 +196,17 @@ async def test_a_collector_that_fails_or_stalls_costs_spans_not_requests(caplog:
     try:
         with caplog.at_level(logging.INFO, logger="creditgate.tracing"):
             finished(tracer)
-            await wait_for(lambda: drops == [("export_failed", 2)])
+            await until(lambda: drops == [("export_failed", 2)], 10)
             finished(tracer)
-            await wait_for(lambda: drops == [("export_failed", 2)] * 2)
+            await until(lambda: drops == [("export_failed", 2)] * 2, 10)
             collector.status, collector.delay = 200, 1.0  # now it answers too late
             finished(tracer)
-            await wait_for(lambda: len(drops) == 3)
+            await until(lambda: len(drops) == 3, 10)
             collector.delay = 0.0
             started = time.perf_counter()
             finished(tracer, 50)  # queued, not sent, while the request goes on
             assert time.perf_counter() - started < 0.5
-            await wait_for(lambda: len(collector.spans()) >= 100 + 6)
+            await until(lambda: len(collector.spans()) >= 100 + 6, 10)
     finally:
         await exporter.close()
         await collector.stop()
